@@ -1,0 +1,37 @@
+// Products of model weights with activations. Weights stay in their stored
+// type (F32, F16, BF16, Q8_0, Q4_0) and are dequantized on the fly inside
+// the dot products: there is never a full float copy of the model.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "ops/tensor_type.h"
+#include "util/thread_pool.h"
+
+namespace turbokv::ops {
+
+// A row-major weight matrix as stored in GGUF: `rows` rows of `cols`
+// contiguous elements (ggml ne[0] = cols, ne[1] = rows).
+struct WeightView {
+  TensorType type = TensorType::F32;
+  const void* data = nullptr;
+  int64_t rows = 0;
+  int64_t cols = 0;
+  size_t row_stride_bytes() const { return row_bytes(type, size_t(cols)); }
+  const uint8_t* row(int64_t r) const {
+    return static_cast<const uint8_t*>(data) + size_t(r) * row_stride_bytes();
+  }
+};
+
+// y[r] = dot(W[r, :], x) for every row.   x: (cols)  y: (rows)
+void matvec(const WeightView& w, const float* x, float* y, ThreadPool& pool);
+
+// Y[t, r] = dot(W[r, :], X[t, :]).   X: (n, cols)  Y: (n, rows)
+// Used for prefill and batched verification; n == 1 equals matvec.
+void matmul(const WeightView& w, const float* x, int64_t n, float* y, ThreadPool& pool);
+
+// Dequantizes one row (for embedding lookups).   out: (cols)
+void dequantize_row(const WeightView& w, int64_t row, float* out);
+
+}  // namespace turbokv::ops
