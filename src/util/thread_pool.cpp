@@ -5,7 +5,12 @@
 namespace turbokv {
 
 namespace {
-constexpr int kSpinIterations = 20000;  // ~tens of microseconds before sleeping
+// Spin this many pause instructions (a few microseconds to ~100 µs,
+// depending on the CPU's pause latency) before sleeping. Long enough to
+// cover the gap between two parallel regions of one decode step; short
+// enough that a descheduled peer on an oversubscribed machine is not starved
+// by a spinning waiter.
+constexpr int kSpinIterations = 2000;
 
 inline void cpu_relax() {
 #if defined(__x86_64__) || defined(__i386__)
@@ -35,10 +40,11 @@ void ThreadPool::run(const std::function<void(int)>& fn) {
   generation_.fetch_add(1, std::memory_order_acq_rel);
   generation_.notify_all();
   fn(0);
-  // Wait for the workers; they finish at about the same time as we do.
+  // Wait for the workers; they usually finish at about the same time as we do.
   int spins = 0;
-  while (pending_.load(std::memory_order_acquire) != 0) {
-    if (++spins < kSpinIterations) cpu_relax(); else std::this_thread::yield();
+  for (int left; (left = pending_.load(std::memory_order_acquire)) != 0;) {
+    if (++spins < kSpinIterations) cpu_relax();
+    else pending_.wait(left, std::memory_order_acquire);
   }
   job_ = nullptr;
 }
@@ -58,7 +64,7 @@ void ThreadPool::worker_loop(int index) {
     seen = now;
     if (stop_.load(std::memory_order_acquire)) return;
     (*job_)(index);
-    pending_.fetch_sub(1, std::memory_order_acq_rel);
+    if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) pending_.notify_one();
   }
 }
 
