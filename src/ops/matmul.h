@@ -29,9 +29,19 @@ void matvec(const WeightView& w, const float* x, float* y, ThreadPool& pool);
 
 // Y[t, r] = dot(W[r, :], X[t, :]).   X: (n, cols)  Y: (n, rows)
 // Used for prefill and batched verification; n == 1 equals matvec.
+// F32/F16/BF16 weights: float FMA. Q8_0/Q4_0 weights: x is first quantized
+// to Q8_0 blocks (as llama.cpp does), then integer dot products per block;
+// that adds an error of at most sum_block(sum|w|) * amax_x_block / 254.
 void matmul(const WeightView& w, const float* x, int64_t n, float* y, ThreadPool& pool);
 
 // Dequantizes one row (for embedding lookups).   out: (cols)
 void dequantize_row(const WeightView& w, int64_t row, float* out);
+
+// Scalar reference for matmul/matvec, the test oracle: weights dequantized
+// element by element, float activations (not quantized), double accumulation.
+void matmul_ref(const WeightView& w, const float* x, int64_t n, float* y);
+
+// The instruction set the fast kernels run with here ("AVX3", "AVX2", ...).
+const char* matmul_target_name();
 
 }  // namespace turbokv::ops
