@@ -1,0 +1,84 @@
+// turbokv schemes: every KV cache scheme with its exact storage cost.
+#include <cstdio>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "cli/command.h"
+#include "codec/codec.h"
+#include "kv/scheme.h"
+#include "util/error.h"
+
+namespace turbokv::cli {
+namespace {
+
+std::string describe(const kv::StreamSpec& s) {
+  if (s.kind != kv::StreamKind::Codec) return s.name;
+  const auto& c = s.codec;
+  std::string d = std::string(codec::codec_name(c.kind)) + " " + std::to_string(c.bits) + "-bit";
+  if (c.kind == codec::CodecKind::Group || c.kind == codec::CodecKind::Affine) {
+    d += " g" + std::to_string(c.effective_group());
+  }
+  return d;
+}
+
+int run_schemes(int head_dim, bool json, const std::vector<std::string>& names) {
+  if (head_dim < 1 || head_dim > codec::kMaxDim) {
+    throw Error("--head-dim must be in 1.." + std::to_string(codec::kMaxDim) + ", got " + std::to_string(head_dim));
+  }
+  nlohmann::json rows = nlohmann::json::array();
+  if (!json) {
+    std::printf("KV cache schemes at head_dim %d (bits per element include every norm and scale;\n"
+                "calibrated schemes add 2 x head_dim fp32 values per layer and kv head)\n\n", head_dim);
+    std::printf("%-10s  %-16s  %-16s  %7s  %7s  %7s  %6s\n", "scheme", "keys", "values", "K bits", "V bits",
+                "avg", "vs f16");
+  }
+  for (const auto& name : names) {
+    const kv::SchemeSpec spec = kv::parse_scheme(name);
+    const bool serves = spec.key.kind != kv::StreamKind::Codec || !codec::spec_problem(spec.key.codec, head_dim);
+    const bool serves_v = spec.value.kind != kv::StreamKind::Codec || !codec::spec_problem(spec.value.codec, head_dim);
+    const double kb = kv::SchemeSpec::stream_bits(spec.key, head_dim);
+    const double vb = kv::SchemeSpec::stream_bits(spec.value, head_dim);
+    const double avg = 0.5 * (kb + vb);
+    if (json) {
+      nlohmann::json r = {{"scheme", name}, {"keys", describe(spec.key)}, {"values", describe(spec.value)},
+                          {"head_dim", head_dim}, {"supported", serves && serves_v}};
+      if (serves && serves_v) {
+        r["key_bits"] = kb;
+        r["value_bits"] = vb;
+        r["bits_per_element"] = avg;
+        r["compression_vs_fp16"] = 16.0 / avg;
+      }
+      rows.push_back(r);
+    } else if (!(serves && serves_v)) {
+      std::printf("%-10s  %-16s  %-16s  cannot serve head_dim %d\n", name.c_str(), describe(spec.key).c_str(),
+                  describe(spec.value).c_str(), head_dim);
+    } else {
+      std::printf("%-10s  %-16s  %-16s  %7.3f  %7.3f  %7.3f  %5.2fx\n", name.c_str(), describe(spec.key).c_str(),
+                  describe(spec.value).c_str(), kb, vb, avg, 16.0 / avg);
+    }
+  }
+  if (json) {
+    std::printf("%s\n", rows.dump(1).c_str());
+  } else {
+    std::printf("\nForms:\n%s\n", kv::scheme_forms().c_str());
+  }
+  return 0;
+}
+
+const RegisterCommand kRegister{Command{
+    "schemes", "List the KV cache schemes with their exact bits per element",
+    [](CLI::App& app) -> std::function<int()> {
+      auto head_dim = std::make_shared<int>(128);
+      auto json = std::make_shared<bool>(false);
+      auto names = std::make_shared<std::vector<std::string>>();
+      app.add_option("--head-dim", *head_dim, "Head size to compute the costs for")->capture_default_str();
+      app.add_flag("--json", *json, "Print JSON");
+      app.add_option("--kv", *names, "Schemes to list (default: the named ones)")->delimiter(',');
+      return [=] {
+        return run_schemes(*head_dim, *json, names->empty() ? kv::listed_schemes() : *names);
+      };
+    }}};
+
+}  // namespace
+}  // namespace turbokv::cli

@@ -1,0 +1,22 @@
+// Fast (Highway) attention kernels for the dense caches; the scalar
+// reference is attend_head_f32/f16 in dense_cache.h, and kv_tests check one
+// against the other.
+#pragma once
+
+#include "util/fp16.h"
+
+namespace turbokv::kv::detail {
+
+// Keys are scored in blocks of this many positions so the online-softmax
+// output is rescaled once per block (stack buffer, no allocation).
+constexpr int kScoreBlock = 64;
+
+// Attention of one query head over positions [0, n_pos).   q, out: (head_dim)
+// keys, values: (n_pos, head_dim). Returns false without touching `out` when
+// head_dim is not a multiple of the vector length (use the reference then).
+bool attend_head_fast(const float* q, const fp16_t* keys, const fp16_t* values, int n_pos, int head_dim, float scale,
+                      float* out);
+bool attend_head_fast(const float* q, const float* keys, const float* values, int n_pos, int head_dim, float scale,
+                      float* out);
+
+}  // namespace turbokv::kv::detail

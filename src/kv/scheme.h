@@ -1,0 +1,83 @@
+// KV cache scheme names and what they mean.
+//
+//   fp16 | f32                      dense caches (dense_cache.h)
+//   affine4 | affine8               MLX-style per-group scale + bias, keys and values
+//   turbo<K>v<V>                    K, V in {0, 2, 3, 4, 8}; 0 = FP16 (turbo0v4: FP16
+//                                   keys, 4-bit values)
+//   turbo<B>                        turbo<B>v<B>
+//   <kspec>/<vspec>                 any two element specs: fp16, f32, affine4, affine8,
+//                                   turbo<B>, mse<B>, group<B>[g<G>], prod<B>
+//   ...:<opt>[:<opt>...]            options (ablations and modes):
+//       center=0|1    subtract the per-(layer, kv-head) mean key before encoding
+//       vcenter=0|1   the same for values
+//       calib=none|key|query   per-channel key scales folded into the query:
+//                     key   = 1/std of each key channel (whitening),
+//                     query = (E[q_j^2] / Var[k_j])^(1/4), which minimises the
+//                             expected squared error of q·k (see turbo_cache.h)
+//       rot=auto|hadamard|block|dense   rotation kind
+//       seed=N        rotation / QJL seed
+//       kscale=, vscale=auto|norm|matched|ls|unbiased   how the key / value
+//                     encoder picks each stored norm or scale (codec ScaleRule)
+//       ksearch=, vsearch=0|1   least-squares search over grid placements
+//       strict        compress from the first token (prefill included), as
+//                     llama.cpp's quantized caches do; default is two-phase
+//
+// A scheme names how keys and values are stored; the cache owns rotations,
+// codebooks and calibration (STYLE.md rule 3).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "codec/codec.h"
+
+namespace turbokv::kv {
+
+enum class StreamKind : uint8_t { F32 = 0, Fp16 = 1, Codec = 2 };
+
+// How one of the two streams (keys or values) is stored.
+struct StreamSpec {
+  StreamKind kind = StreamKind::Fp16;
+  codec::CodecSpec codec{};  // when kind == Codec
+  std::string name;          // the element spec as written: "fp16", "turbo4", "group4g32"...
+  bool operator==(const StreamSpec& o) const {
+    return kind == o.kind && (kind != StreamKind::Codec || codec == o.codec);
+  }
+};
+
+enum class Calibration : uint8_t { None = 0, Key = 1, Query = 2 };
+const char* calibration_name(Calibration c);
+
+struct SchemeSpec {
+  std::string name;  // canonical name, options included
+  StreamSpec key, value;
+  bool center_keys = true;
+  bool center_values = false;
+  Calibration calibration = Calibration::Query;
+  codec::RotationKind rotation = codec::RotationKind::Auto;
+  uint64_t seed = 0x74757262'6f6b7631ull;  // "turbokv1"
+  bool strict = false;
+
+  bool is_dense() const {  // served by DenseKvCache
+    return key.kind != StreamKind::Codec && value.kind != StreamKind::Codec && key == value;
+  }
+  // Stored bits per element of one stream at this head size (records and
+  // dense elements only; per-head calibration state is counted by the cache).
+  static double stream_bits(const StreamSpec& s, int head_dim);
+};
+
+// Parses a scheme name; throws Error naming the bad part and listing the
+// valid forms.
+SchemeSpec parse_scheme(std::string_view name);
+// Builds a scheme from separate key and value element specs (--kv-k/--kv-v).
+SchemeSpec parse_scheme(std::string_view key_spec, std::string_view value_spec);
+
+// The valid forms, for help texts and errors.
+std::string scheme_forms();
+
+// The named schemes `turbokv schemes` lists and the evaluator runs by default.
+std::vector<std::string> listed_schemes();
+
+}  // namespace turbokv::kv

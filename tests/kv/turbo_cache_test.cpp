@@ -1,0 +1,371 @@
+// Tests of the TurboQuant cache (kv/turbo_cache.h) and scheme names (kv/scheme.h).
+#include "kv/turbo_cache.h"
+
+#include <cmath>
+#include <memory>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "kv/dense_cache.h"
+#include "kv/registry.h"
+#include "kv/scheme.h"
+#include "util/error.h"
+#include "util/rng.h"
+
+namespace turbokv::kv {
+namespace {
+
+// Keys like a real model's: a large shared component plus a few outlier
+// channels, which is what makes naive key quantization fail.
+struct Inputs {
+  std::vector<float> q, k, v;  // q: (n, n_head, hd); k, v: (n, n_kv_head, hd)
+};
+
+Inputs make_inputs(const CacheShape& s, int n, uint64_t seed, bool outliers) {
+  Rng rng(seed);
+  Inputs in;
+  in.q.resize(size_t(n) * s.n_head * s.head_dim);
+  in.k.resize(size_t(n) * s.n_kv_head * s.head_dim);
+  in.v.resize(in.k.size());
+  for (auto& x : in.q) x = float(rng.normal());
+  for (size_t i = 0; i < in.k.size(); ++i) {
+    const int c = int(i % size_t(s.head_dim));
+    float x = float(rng.normal());
+    if (outliers) {
+      x += 3.0f * std::sin(0.7f * float(c));  // shared mean
+      if (c % 17 == 3) x *= 8.0f;            // outlier channels
+    }
+    in.k[i] = x;
+    in.v[i] = float(rng.normal());
+  }
+  return in;
+}
+
+// Runs one batch through a cache; returns the attention output of layer 0
+// (every layer gets the same inputs).
+std::vector<float> step(KvCache& cache, const Inputs& in, int first, int n, Phase phase, ThreadPool& pool) {
+  const CacheShape& s = cache.shape();
+  const size_t qrow = size_t(s.n_head) * s.head_dim, krow = size_t(s.n_kv_head) * s.head_dim;
+  std::vector<float> out(size_t(n) * qrow), first_out;
+  const float scale = 1.0f / std::sqrt(float(s.head_dim));
+  cache.begin_batch(n, phase);
+  for (int l = 0; l < s.n_layer; ++l) {
+    cache.store(l, in.k.data() + size_t(first) * krow, in.v.data() + size_t(first) * krow);
+    cache.attend(l, in.q.data() + size_t(first) * qrow, out.data(), scale, pool);
+    if (l == 0) first_out = out;
+  }
+  cache.end_batch();
+  return first_out;
+}
+
+CacheShape shape_of(int n_head, int n_kv_head, int head_dim, int max_tokens = 96, int n_layer = 2) {
+  return CacheShape{n_layer, n_head, n_kv_head, head_dim, max_tokens};
+}
+
+// Attention of the batch's last query over what the cache says it stores
+// (read_key / read_value), computed in plain float: the explicit-dequantize
+// reference of the fused path.
+std::vector<float> reference_attention(const TurboKvCache& cache, const float* q, int n_pos, int layer) {
+  const CacheShape& s = cache.shape();
+  const int hd = s.head_dim, group = s.n_head / s.n_kv_head;
+  std::vector<float> out(size_t(s.n_head) * hd);
+  for (int h = 0; h < s.n_head; ++h) {
+    std::vector<float> keys(size_t(n_pos) * hd), values(keys.size());
+    for (int p = 0; p < n_pos; ++p) {
+      cache.read_key(layer, h / group, p, keys.data() + size_t(p) * hd);
+      cache.read_value(layer, h / group, p, values.data() + size_t(p) * hd);
+    }
+    attend_head_f32(q + size_t(h) * hd, keys.data(), values.data(), n_pos, hd,
+                    1.0f / std::sqrt(float(hd)), out.data() + size_t(h) * hd);
+  }
+  return out;
+}
+
+double rel_error(const std::vector<float>& a, const std::vector<float>& b) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    num += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
+    den += double(b[i]) * b[i];
+  }
+  return std::sqrt(num / den);
+}
+
+TEST(Scheme, ParsesEveryListedName) {
+  for (const auto& name : listed_schemes()) {
+    SchemeSpec s = parse_scheme(name);
+    EXPECT_EQ(s.name, name);
+  }
+  SchemeSpec s = parse_scheme("turbo0v4");
+  EXPECT_EQ(s.key.kind, StreamKind::Fp16);
+  EXPECT_EQ(s.value.kind, StreamKind::Codec);
+  EXPECT_EQ(s.value.codec.bits, 4);
+  s = parse_scheme("turbo4v2");
+  EXPECT_EQ(s.key.codec.bits, 4);
+  EXPECT_EQ(s.value.codec.bits, 2);
+  s = parse_scheme("group4g32/fp16:center=0:calib=key:strict");
+  EXPECT_EQ(s.key.codec.kind, codec::CodecKind::Group);
+  EXPECT_EQ(s.key.codec.group_size, 32);
+  EXPECT_FALSE(s.center_keys);
+  EXPECT_EQ(s.calibration, Calibration::Key);
+  EXPECT_TRUE(s.strict);
+  EXPECT_EQ(parse_scheme("turbo4", "fp16").value.kind, StreamKind::Fp16);
+  EXPECT_FALSE(parse_scheme("affine4").center_keys);
+}
+
+TEST(Scheme, BadNamesNameTheProblemAndListTheForms) {
+  for (const char* bad : {"turbo5", "turbo4v7", "turbo0v0", "q4_0", "", "turbo", "turbo4:frob=1",
+                          "turbo4:calib=maybe", "affine3", "mse9", "group4gx", "turbox"}) {
+    try {
+      parse_scheme(bad);
+      ADD_FAILURE() << "accepted '" << bad << "'";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("valid forms"), std::string::npos) << e.what();
+    }
+  }
+}
+
+TEST(TurboCache, PrefillIsIdenticalToTheFp16Cache) {
+  ThreadPool pool(2);
+  const CacheShape s = shape_of(4, 2, 64);
+  const Inputs in = make_inputs(s, 40, 1, true);
+  for (const char* scheme : {"turbo4", "turbo3", "turbo0v4", "turbo4v2", "affine4"}) {
+    TurboKvCache turbo(parse_scheme(scheme), s);
+    Fp16KvCache fp16(s);
+    const auto a = step(turbo, in, 0, 40, Phase::Prefill, pool);
+    const auto b = step(fp16, in, 0, 40, Phase::Prefill, pool);
+    ASSERT_EQ(a, b) << scheme;  // bit for bit
+    EXPECT_EQ(turbo.n_encoded(0), 0);
+  }
+}
+
+TEST(TurboCache, DecodeEqualsExplicitDequantizeReference) {
+  ThreadPool pool(2);
+  for (int hd : {8, 64, 80, 96, 128, 256}) {
+    for (const char* scheme : {"turbo4", "turbo3", "turbo2", "turbo0v4", "turbo4v2", "affine8",
+                               "prod4/group4", "turbo4:calib=key", "turbo4:center=0:calib=none:vcenter=1"}) {
+      SchemeSpec spec = parse_scheme(scheme);
+      if (codec::spec_problem(spec.key.codec, hd) || codec::spec_problem(spec.value.codec, hd)) continue;
+      const CacheShape s = shape_of(4, 2, hd, 48);
+      const Inputs in = make_inputs(s, 30, 2, true);
+      TurboKvCache cache(spec, s);
+      step(cache, in, 0, 20, Phase::Prefill, pool);
+      for (int t = 20; t < 30; ++t) {
+        const auto out = step(cache, in, t, 1, Phase::Decode, pool);
+        const auto ref = reference_attention(cache, in.q.data() + size_t(t) * s.n_head * hd, t + 1, 0);
+        EXPECT_LT(rel_error(out, ref), 2e-5) << scheme << " hd " << hd << " t " << t;
+      }
+      EXPECT_EQ(cache.n_encoded(0), 30);
+      EXPECT_EQ(cache.n_encoded(1), 30);
+    }
+  }
+}
+
+// Compressed attention against exact (f32) attention: the error must be of
+// the size the codec's distortion predicts and shrink with more bits.
+TEST(TurboCache, ErrorAgainstExactAttentionFollowsCodecDistortion) {
+  ThreadPool pool(1);
+  const CacheShape s = shape_of(4, 2, 128, 300, 1);
+  for (bool outliers : {false, true}) {
+    const Inputs in = make_inputs(s, 300, 3, outliers);
+    std::vector<double> errs;
+    for (const char* scheme : {"turbo2", "turbo3", "turbo4", "turbo8"}) {
+      TurboKvCache cache(parse_scheme(scheme), s);
+      F32KvCache exact(s);
+      step(cache, in, 0, 256, Phase::Prefill, pool);
+      step(exact, in, 0, 256, Phase::Prefill, pool);
+      double e = 0;
+      for (int t = 256; t < 300; ++t) {
+        e += rel_error(step(cache, in, t, 1, Phase::Decode, pool), step(exact, in, t, 1, Phase::Decode, pool));
+      }
+      errs.push_back(e / 44);
+    }
+    // Lloyd–Max distortion D_b of a unit vector's coordinates (b = 2, 3, 4;
+    // the high-rate formula sqrt(3)·pi/2·4^-b at 8 bits). The value error
+    // alone is about sqrt(D_b) of the output; key error moves the weights on
+    // top of that, so allow twice that.
+    const double distortion[] = {0.1175, 0.03454, 0.009497, 2.72 * std::pow(4.0, -8)};
+    for (size_t i = 0; i < errs.size(); ++i) {
+      EXPECT_LT(errs[i], 2.0 * std::sqrt(distortion[i])) << "scheme " << i << " outliers " << outliers;
+      EXPECT_GT(errs[i], 0.5 * std::sqrt(distortion[i])) << "scheme " << i << " outliers " << outliers;
+    }
+    for (size_t i = 1; i < errs.size(); ++i) EXPECT_LT(errs[i], errs[i - 1]);
+  }
+}
+
+// Mean-centering and query calibration must help on outlier-heavy keys
+// (that is why they exist) and never change what an FP16 key stream does.
+TEST(TurboCache, CenteringAndCalibrationReduceKeyError) {
+  ThreadPool pool(1);
+  const CacheShape s = shape_of(4, 2, 128, 300, 1);
+  const Inputs in = make_inputs(s, 300, 4, true);
+  auto error_of = [&](const char* scheme) {
+    TurboKvCache cache(parse_scheme(scheme), s);
+    F32KvCache ex(s);
+    step(cache, in, 0, 256, Phase::Prefill, pool);
+    step(ex, in, 0, 256, Phase::Prefill, pool);
+    double e = 0;
+    for (int t = 256; t < 300; ++t) {
+      e += rel_error(step(cache, in, t, 1, Phase::Decode, pool), step(ex, in, t, 1, Phase::Decode, pool));
+    }
+    return e;
+  };
+  const double plain = error_of("turbo3/fp16:center=0:calib=none");
+  const double centered = error_of("turbo3/fp16:center=1:calib=none");
+  const double calibrated = error_of("turbo3/fp16:center=1:calib=query");
+  EXPECT_LT(centered, plain);
+  EXPECT_LT(calibrated, plain);
+}
+
+TEST(TurboCache, GqaMappingReadsTheRightKvHead) {
+  ThreadPool pool(2);
+  for (auto [nh, nkv] : {std::pair{4, 4}, std::pair{4, 2}, std::pair{8, 2}, std::pair{4, 1}}) {
+    for (const char* scheme : {"turbo4", "turbo0v4", "turbo2"}) {
+      const CacheShape s = shape_of(nh, nkv, 64, 40, 1);
+      Inputs in = make_inputs(s, 40, 5, false);
+      // Every value of kv head g is the constant vector 10 * (g + 1): the
+      // output of a query head is that constant whatever the weights are, up
+      // to the codec's error on that one vector, which is the same at every
+      // position (it does not average out over positions, only over the 64
+      // elements: the output's mean is within ~0.5 of the constant). A wrong
+      // mapping is off by at least 10.
+      for (int t = 0; t < 40; ++t) {
+        for (int g = 0; g < nkv; ++g) {
+          for (int i = 0; i < 64; ++i) in.v[(size_t(t) * nkv + g) * 64 + i] = 10.0f * float(g + 1);
+        }
+      }
+      TurboKvCache cache(parse_scheme(scheme), s);
+      step(cache, in, 0, 30, Phase::Prefill, pool);
+      const auto out = step(cache, in, 30, 1, Phase::Decode, pool);
+      for (int h = 0; h < nh; ++h) {
+        const float want = 10.0f * float(h / (nh / nkv) + 1);
+        double mean = 0;
+        for (int i = 0; i < 64; ++i) mean += out[size_t(h) * 64 + i] / 64.0;
+        EXPECT_NEAR(mean, want, 2.0) << scheme << " heads " << nh << "/" << nkv << " h " << h;
+      }
+    }
+  }
+}
+
+TEST(TurboCache, TrimThenAppendEqualsNeverAppending) {
+  ThreadPool pool(2);
+  const CacheShape s = shape_of(4, 2, 64, 64);
+  const Inputs in = make_inputs(s, 64, 6, true);
+  Inputs alt = make_inputs(s, 64, 7, true);  // tokens that get rejected
+  for (const char* scheme : {"turbo4", "turbo0v4", "turbo3v2"}) {
+    TurboKvCache a(parse_scheme(scheme), s), b(parse_scheme(scheme), s);
+    step(a, in, 0, 20, Phase::Prefill, pool);
+    step(b, in, 0, 20, Phase::Prefill, pool);
+    step(a, in, 20, 1, Phase::Decode, pool);
+    step(b, in, 20, 1, Phase::Decode, pool);
+    // a: a rejected draft of 4 tokens, then trim.
+    Inputs draft = in;
+    for (size_t i = 0; i < draft.k.size(); ++i) { draft.k[i] = alt.k[i]; draft.v[i] = alt.v[i]; }
+    step(a, draft, 21, 4, Phase::Decode, pool);
+    a.trim(4);
+    EXPECT_EQ(a.n_tokens(), 21);
+    EXPECT_EQ(a.n_encoded(0), 21);
+    for (int t = 21; t < 30; ++t) {
+      ASSERT_EQ(step(a, in, t, 1, Phase::Decode, pool), step(b, in, t, 1, Phase::Decode, pool)) << scheme << " t " << t;
+    }
+  }
+}
+
+TEST(TurboCache, TrimAcrossTheCompressionBoundaryKeepsPositionsConsistent) {
+  ThreadPool pool(1);
+  const CacheShape s = shape_of(4, 2, 64, 64);
+  const Inputs in = make_inputs(s, 64, 8, true);
+  TurboKvCache cache(parse_scheme("turbo4"), s);
+  step(cache, in, 0, 16, Phase::Prefill, pool);
+  step(cache, in, 16, 1, Phase::Decode, pool);  // compresses all 17
+  std::vector<float> before(64), after(64);
+  cache.read_key(0, 1, 5, before.data());
+  cache.trim(10);  // into the prefill part
+  EXPECT_EQ(cache.n_tokens(), 7);
+  EXPECT_EQ(cache.n_encoded(0), 7);
+  cache.read_key(0, 1, 5, after.data());
+  EXPECT_EQ(before, after);
+  // A prefill after decoding stages raw tokens behind the records; the next
+  // decode step encodes them, and attention matches the reference throughout.
+  step(cache, in, 7, 5, Phase::Prefill, pool);
+  EXPECT_EQ(cache.n_encoded(0), 7);
+  const auto out = step(cache, in, 12, 1, Phase::Decode, pool);
+  EXPECT_EQ(cache.n_encoded(0), 13);
+  const auto ref = reference_attention(cache, in.q.data() + size_t(12) * 4 * 64, 13, 0);
+  EXPECT_LT(rel_error(out, ref), 2e-5);
+}
+
+TEST(TurboCache, EmptiedCacheRefillsLikeANewOne) {
+  ThreadPool pool(2);
+  const CacheShape s = shape_of(4, 2, 64, 64);
+  const Inputs in = make_inputs(s, 64, 9, true);
+  const Inputs other = make_inputs(s, 64, 10, true);
+  TurboKvCache used(parse_scheme("turbo3"), s), fresh(parse_scheme("turbo3"), s);
+  step(used, other, 0, 30, Phase::Prefill, pool);
+  step(used, other, 30, 3, Phase::Decode, pool);
+  used.trim(used.n_tokens());
+  EXPECT_EQ(used.n_tokens(), 0);
+  step(used, in, 0, 20, Phase::Prefill, pool);
+  step(fresh, in, 0, 20, Phase::Prefill, pool);
+  for (int t = 20; t < 26; ++t) {
+    ASSERT_EQ(step(used, in, t, 1, Phase::Decode, pool), step(fresh, in, t, 1, Phase::Decode, pool));
+  }
+}
+
+TEST(TurboCache, StrictModeEncodesFromTheFirstToken) {
+  ThreadPool pool(2);
+  const CacheShape s = shape_of(4, 2, 64, 64);
+  const Inputs in = make_inputs(s, 64, 11, true);
+  TurboKvCache cache(parse_scheme("turbo4:strict"), s);
+  const auto out = step(cache, in, 0, 24, Phase::Prefill, pool);
+  EXPECT_EQ(cache.n_encoded(0), 24);
+  EXPECT_EQ(cache.tokens_encoded(), 24);
+  Fp16KvCache fp16(s);
+  EXPECT_NE(out, step(fp16, in, 0, 24, Phase::Prefill, pool));  // really compressed
+  // The last query of the batch sees the records, as the reference says.
+  const auto ref = reference_attention(cache, in.q.data() + size_t(23) * 4 * 64, 24, 0);
+  const std::vector<float> last(out.end() - 4 * 64, out.end());
+  EXPECT_LT(rel_error(last, ref), 2e-5);
+}
+
+TEST(TurboCache, MemoryAccountingIsExact) {
+  ThreadPool pool(1);
+  const CacheShape s = shape_of(4, 2, 128, 64, 3);
+  const Inputs in = make_inputs(s, 64, 12, false);
+  TurboKvCache cache(parse_scheme("turbo4:calib=none:center=0"), s);
+  EXPECT_DOUBLE_EQ(cache.bits_per_element(), 4.125);
+  step(cache, in, 0, 10, Phase::Prefill, pool);
+  // Staged raw: 2 streams * 3 layers * 2 heads * 10 tokens * 128 * 2 bytes.
+  EXPECT_EQ(cache.bytes(), size_t(2 * 3 * 2 * 10 * 128 * 2));
+  step(cache, in, 10, 1, Phase::Decode, pool);
+  // 11 records of 66 bytes per stream, layer and head.
+  EXPECT_EQ(cache.bytes(), size_t(2 * 3 * 2 * 11 * 66));
+  EXPECT_DOUBLE_EQ(cache.bits_per_element(), 4.125);
+  TurboKvCache cal(parse_scheme("turbo4"), s);  // + key mean and key scales (fp32)
+  step(cal, in, 0, 10, Phase::Prefill, pool);
+  step(cal, in, 10, 1, Phase::Decode, pool);
+  EXPECT_EQ(cal.bytes(), size_t(2 * 3 * 2 * 11 * 66 + 2 * 3 * 2 * 128 * 4));
+}
+
+TEST(TurboCache, SchemeThatCannotServeAHeadSizeSaysSo) {
+  const CacheShape s = shape_of(4, 2, 8);
+  try {
+    TurboKvCache cache(parse_scheme("group4/group4"), s);
+    FAIL() << "group of 16 accepted head size 8";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("head size 8"), std::string::npos) << e.what();
+  }
+}
+
+TEST(TurboCache, RegistryBuildsEveryListedScheme) {
+  const CacheShape s = shape_of(4, 2, 128);
+  for (const auto& name : listed_schemes()) {
+    auto cache = make_kv_cache(name, s);
+    ASSERT_NE(cache, nullptr);
+    EXPECT_EQ(cache->scheme(), name);
+  }
+  EXPECT_THROW(make_kv_cache("turbo7", s), Error);
+}
+
+}  // namespace
+}  // namespace turbokv::kv
