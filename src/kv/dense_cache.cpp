@@ -6,6 +6,7 @@
 #include <type_traits>
 
 #include "kv/attention_kernels.h"
+#include "kv/cache_file.h"
 #include "kv/online_softmax.h"
 #include "util/error.h"
 
@@ -210,6 +211,43 @@ void DenseKvCache<T>::read_value(int layer, int kv_head, int pos, float* out) co
   for (int i = 0; i < shape_.head_dim; ++i) {
     if constexpr (std::is_same_v<T, float>) out[i] = p[i]; else out[i] = fp16_to_f32(p[i]);
   }
+}
+
+template <typename T>
+void DenseKvCache<T>::save(CacheWriter& out) const {
+  TKV_ASSERT(batch_n_ < 0, "save while a batch is open");
+  out.put<int32_t>(n_tokens_);
+  out.put<uint32_t>(sizeof(T));
+  for (const std::vector<T>* data : {&keys_, &values_}) {
+    for (int l = 0; l < shape_.n_layer; ++l) {
+      for (int h = 0; h < shape_.n_kv_head; ++h) {
+        out.put_array(data->data() + offset(l, h, 0), size_t(n_tokens_) * shape_.head_dim);
+      }
+    }
+  }
+}
+
+template <typename T>
+void DenseKvCache<T>::restore(CacheReader& in) {
+  TKV_ASSERT(batch_n_ < 0, "restore while a batch is open");
+  const int32_t n = in.get<int32_t>();
+  const uint32_t element = in.get<uint32_t>();
+  if (element != sizeof(T)) {
+    in.fail("element size " + std::to_string(element) + " does not match the " + scheme() + " cache's " +
+            std::to_string(sizeof(T)));
+  }
+  if (n < 0 || n > shape_.max_tokens) {
+    in.fail("holds " + std::to_string(n) + " tokens; the context holds " + std::to_string(shape_.max_tokens) +
+            " (raise --ctx)");
+  }
+  n_tokens_ = 0;  // stays empty if reading fails below
+  for (std::vector<T>* data : {&keys_, &values_}) {
+    for (int l = 0; l < shape_.n_layer; ++l) {
+      for (int h = 0; h < shape_.n_kv_head; ++h) in.get_array(data->data() + offset(l, h, 0), size_t(n) * shape_.head_dim);
+    }
+  }
+  if (in.remaining() != 0) in.fail(std::to_string(in.remaining()) + " bytes left after the cache state");
+  n_tokens_ = n;
 }
 
 template class DenseKvCache<float>;

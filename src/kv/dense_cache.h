@@ -47,6 +47,8 @@ class DenseKvCache final : public KvCache {
 
   size_t bytes() const override;
   double bits_per_element() const override { return 8.0 * sizeof(T); }
+  void save(CacheWriter& out) const override;    // layout: kv/cache_file.h
+  void restore(CacheReader& in) override;
 
   // Whether attend() uses the SIMD kernel (default) or the scalar reference.
   void set_use_fast_kernels(bool on) { use_fast_ = on; }

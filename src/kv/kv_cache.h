@@ -17,9 +17,13 @@
 #include <cstdint>
 #include <string>
 
+#include "util/error.h"
 #include "util/thread_pool.h"
 
 namespace turbokv::kv {
+
+class CacheWriter;  // kv/cache_file.h
+class CacheReader;
 
 struct CacheShape {
   int n_layer = 0;
@@ -62,6 +66,14 @@ class KvCache {
   // Bits per stored element including all metadata, for the current contents
   // (or the steady-state rate if empty).
   virtual double bits_per_element() const = 0;
+
+  // Serializes the whole stored state, in stored (compressed) form; the
+  // layouts are owned by kv/cache_file.h. restore() replaces this cache's
+  // contents with a state saved by a cache of the same scheme and shape
+  // (max_tokens may differ if the tokens fit); afterwards the cache behaves
+  // bit for bit as the saved one did. Throws Error if the state does not fit.
+  virtual void save(CacheWriter&) const { throw Error("kv cache '" + scheme() + "' cannot be saved"); }
+  virtual void restore(CacheReader&) { throw Error("kv cache '" + scheme() + "' cannot be restored"); }
 };
 
 }  // namespace turbokv::kv

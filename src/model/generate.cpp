@@ -8,18 +8,26 @@
 namespace turbokv::model {
 
 GenerateStats generate(const Model& model, const std::vector<int32_t>& prompt, int n_predict, Sampler& sampler,
-                       kv::KvCache& cache, Scratch& scratch, ThreadPool& pool, const GenerateCallbacks& cb) {
+                       kv::KvCache& cache, Scratch& scratch, ThreadPool& pool, const GenerateCallbacks& cb,
+                       int n_cached) {
   using clock = std::chrono::steady_clock;
   if (prompt.empty()) throw Error("generate: the prompt has no tokens");
   if (n_predict < 0) throw Error("generate: number of tokens to predict must be >= 0, got " + std::to_string(n_predict));
   GenerateStats st;
+  if (n_cached < 0 || n_cached >= int(prompt.size()) || cache.n_tokens() != n_cached) {
+    throw Error("generate: " + std::to_string(n_cached) + " cached prompt tokens (cache holds " +
+                std::to_string(cache.n_tokens()) + ") for a prompt of " + std::to_string(prompt.size()) +
+                "; at least the last prompt token must be computed");
+  }
   st.n_prompt = int(prompt.size());
+  st.n_prompt_cached = n_cached;
   std::vector<float> logits(size_t(model.config().n_vocab));  // (n_vocab)
   const int max_tokens = cache.shape().max_tokens;
 
   for (int32_t t : prompt) sampler.accept(t);
   const auto t0 = clock::now();
-  model.forward(prompt.data(), int(prompt.size()), cache, Phase::Prefill, LogitsMode::Last, logits.data(), scratch, pool);
+  model.forward(prompt.data() + n_cached, int(prompt.size()) - n_cached, cache, Phase::Prefill, LogitsMode::Last,
+                logits.data(), scratch, pool);
   const auto t1 = clock::now();
   st.prompt_seconds = std::chrono::duration<double>(t1 - t0).count();
 
@@ -37,6 +45,20 @@ GenerateStats generate(const Model& model, const std::vector<int32_t>& prompt, i
   }
   st.decode_seconds = std::chrono::duration<double>(clock::now() - t_decode).count();
   return st;
+}
+
+kv::ModelIdentity cache_identity(const Model& model) {
+  const ModelConfig& c = model.config();
+  kv::ModelIdentity id;
+  id.architecture = c.arch_name;
+  id.n_layer = c.n_layer;
+  id.d_model = c.d_model;
+  id.n_head = c.n_head;
+  id.n_kv_head = c.n_kv_head;
+  id.head_dim = c.head_dim;
+  id.n_vocab = c.n_vocab;
+  id.tensor_hash = model.gguf().tensor_table_hash();
+  return id;
 }
 
 }  // namespace turbokv::model

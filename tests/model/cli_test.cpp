@@ -1,5 +1,7 @@
 // The turbokv executable's generate/perplexity commands: exact stdout, and
 // clear errors naming the bad flag or file.
+#include <unistd.h>
+
 #include <gtest/gtest.h>
 
 #include <cstdlib>
@@ -24,7 +26,8 @@ std::string slurp(const std::string& path) {
 
 RunResult run(const std::string& args) {
   const auto dir = std::filesystem::path(::testing::TempDir());
-  const std::string out = (dir / "turbokv_cli_out.txt").string(), err = (dir / "turbokv_cli_err.txt").string();
+  const std::string out = (dir / ("turbokv_cli_out_" + std::to_string(::getpid()) + ".txt")).string(),
+                    err = (dir / ("turbokv_cli_err_" + std::to_string(::getpid()) + ".txt")).string();
   const std::string cmd = std::string("'") + TURBOKV_BINARY + "' " + args + " >'" + out + "' 2>'" + err + "'";
   const int rc = std::system(cmd.c_str());
   return {WIFEXITED(rc) ? WEXITSTATUS(rc) : -1, slurp(out), slurp(err)};

@@ -1,6 +1,8 @@
 // End-to-end runs of tiny random-weight llama / qwen2 / qwen3 models written
 // by the test, checked against a naive full-recompute reference forward and
 // against themselves (batched vs token-by-token, FP16 vs F32 cache, threads).
+#include <unistd.h>
+
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -39,7 +41,7 @@ constexpr float kBatchVsDecodeTolerance = 1e-4f;
 constexpr float kFp16VsF32Tolerance = 2e-2f;
 
 std::string temp_path(const std::string& name) {
-  return (std::filesystem::path(::testing::TempDir()) / ("turbokv_model_" + name + ".gguf")).string();
+  return (std::filesystem::path(::testing::TempDir()) / ("turbokv_model_" + std::to_string(::getpid()) + "_" + name + ".gguf")).string();
 }
 
 float rel_diff(const std::vector<float>& a, const std::vector<float>& b) {
