@@ -6,7 +6,9 @@
 #include <mutex>
 #include <optional>
 
+#include "kv/cache_file.h"
 #include "kv/dense_cache.h"
+#include "kv/turbo_attention.h"
 #include "util/error.h"
 #include "util/rng.h"
 
@@ -42,15 +44,10 @@ struct TurboKvCache::Stream {
 
 // Per-thread buffers for attention, sized once.
 struct TurboKvCache::Scratch {
-  std::vector<float> scores;  // (group, max_tokens)
-  std::vector<float> q_cal;   // (group, head_dim) q / s
-  std::vector<float> q_rot;   // (group, head_dim)
-  std::vector<float> q_sketch;// (group, head_dim) prod only
-  std::vector<float> o_rot;   // (group, head_dim) Σ p v̂_rot over records
-  std::vector<float> o_raw;   // (group, head_dim) Σ p v over raw positions
-  std::vector<float> tmp;     // (head_dim)
-  std::vector<float> shift;   // (group) <q, μ>
-  std::vector<float> w_enc;   // (group) Σ p over value records
+  std::vector<float> scores;  // (max_tokens) scores of raw (staged) positions
+  std::vector<float> o_rot;   // (head_dim) merged Σ p v̂ over records, value-stream space
+  std::vector<float> o_raw;   // (head_dim) Σ p v over raw positions
+  std::vector<float> work;    // (detail::chunk_work_floats) fused-kernel buffers
 };
 
 namespace {
@@ -91,11 +88,12 @@ TurboKvCache::TurboKvCache(const SchemeSpec& spec, const CacheShape& shape)
     if (s.kind == StreamKind::Fp16) {
       st->dense.assign(heads * shape.max_tokens * hd, fp16_t(0));
     } else {
-      if (const char* why = codec::spec_problem(s.codec, hd)) {
+      const codec::CodecSpec cs = SchemeSpec::resolve_codec(s, hd);
+      if (const char* why = codec::spec_problem(cs, hd)) {
         throw Error("KV scheme '" + spec.name + "' cannot serve head size " + std::to_string(hd) + ": " +
                     what + " codec '" + s.name + "': " + why);
       }
-      st->codec.emplace(s.codec, hd, mix_seed(spec.seed, what[0] == 'k' ? 1 : 2));
+      st->codec.emplace(cs, hd, mix_seed(spec.seed, what[0] == 'k' ? 1 : 2));
       st->record_bytes = st->codec->record_bytes();
       st->records.assign(heads * shape.max_tokens * st->record_bytes, uint8_t(0));
       st->staged.resize(heads);
@@ -217,11 +215,19 @@ void TurboKvCache::calibrate(int layer) {
         const float norm = float(1.0 / std::sqrt(sq_sum / hd));
         for (int i = 0; i < hd; ++i) kscale[i] *= norm;
       }
-      for (int i = 0; i < hd; ++i) kinv[i] = 1.0f / kscale[i];
+      // The state is stored as fp16 (and counted so by bytes()); use exactly
+      // what is stored.
+      for (int i = 0; i < hd; ++i) {
+        kmean[i] = round_fp16(kmean[i]);
+        kscale[i] = round_fp16(kscale[i]);
+        kinv[i] = 1.0f / kscale[i];
+      }
     }
     if (values_->is_codec() && spec_.center_values) {
       std::vector<double> var;
-      channel_stats(values_->staged_of(layer, g), c.value_mean.data() + size_t(g) * hd, var, true);
+      float* vmean = c.value_mean.data() + size_t(g) * hd;
+      channel_stats(values_->staged_of(layer, g), vmean, var, true);
+      for (int i = 0; i < hd; ++i) vmean[i] = round_fp16(vmean[i]);
     }
   }
   c.done = true;
@@ -230,7 +236,8 @@ void TurboKvCache::calibrate(int layer) {
 void TurboKvCache::encode_staged(int layer, ThreadPool& pool) {
   const int hd = shape_.head_dim, nkv = shape_.n_kv_head;
   const int first = n_encoded_[size_t(layer)];
-  const int last = n_tokens_ + batch_n_;  // exclusive
+  // The newest `window` tokens stay raw (FP16); everything before is encoded.
+  const int last = n_tokens_ + batch_n_ - spec_.window;  // exclusive
   if (first >= last) return;
   if (!calib_[size_t(layer)].done) calibrate(layer);
   const Calib& c = calib_[size_t(layer)];
@@ -261,15 +268,19 @@ void TurboKvCache::encode_staged(int layer, ThreadPool& pool) {
     if (!st->is_codec()) continue;
     for (int g = 0; g < nkv; ++g) {
       auto& staged = st->staged_of(layer, g);
-      staged.clear();
+      staged.erase(staged.begin(), staged.begin() + ptrdiff_t(count) * hd);  // what remains: the window
       // Release a prompt-sized staging buffer; keep a small one so that
       // decoding (one token at a time) does not allocate.
-      if (staged.capacity() > size_t(64) * hd) staged.shrink_to_fit();
+      if (staged.capacity() > size_t(64 + 2 * spec_.window) * hd) staged.shrink_to_fit();
     }
   }
   n_encoded_[size_t(layer)] = last;
   if (layer == 0) tokens_encoded_ += count;
 }
+
+// Batches of fewer tokens prepare queries and merge states on the calling
+// thread (only the fused jobs are spread over the pool).
+constexpr int kParallelBatch = 4;
 
 void TurboKvCache::attend(int layer, const float* q, float* out, float scale, ThreadPool& pool) {
   TKV_ASSERT(batch_n_ > 0, "attend outside a batch");
@@ -293,19 +304,150 @@ void TurboKvCache::attend(int layer, const float* q, float* out, float scale, Th
 
   while (scratch_.size() < size_t(pool.size())) {
     auto s = std::make_unique<Scratch>();
-    s->scores.resize(size_t(group) * shape_.max_tokens);
-    for (auto* v : {&s->q_cal, &s->q_rot, &s->q_sketch, &s->o_rot, &s->o_raw}) v->resize(size_t(group) * hd);
-    s->tmp.resize(size_t(hd));
-    s->shift.resize(size_t(group));
-    s->w_enc.resize(size_t(group));
+    s->scores.resize(size_t(shape_.max_tokens));
+    s->o_rot.resize(size_t(hd));
+    s->o_raw.resize(size_t(hd));
+    s->work.resize(detail::chunk_work_floats(hd));
     scratch_.push_back(std::move(s));
   }
   const size_t items = size_t(batch_n_) * nkv;
+  if (n_encoded_[size_t(layer)] > 0) {
+    // Queries once per (token, kv head), then the fused jobs; attend_item
+    // below merges their states.
+    const size_t need = size_t(batch_n_) * nh * hd;
+    if (q_prep_.size() < need) {
+      q_prep_.resize(need);
+      q_sketch_.resize(need);
+      q_shift_.resize(size_t(batch_n_) * nh);
+    }
+    // Preparing queries and merging states cost microseconds per token: for
+    // a decode step they run inline, saving two fork-joins per layer.
+    if (batch_n_ >= kParallelBatch) {
+      parallel_checked(pool, items, 1, [&](size_t b, size_t e, int) {
+        for (size_t it = b; it < e; ++it) prepare_queries(layer, int(it / nkv), int(it % nkv), q);
+      });
+    } else {
+      for (size_t it = 0; it < items; ++it) prepare_queries(layer, int(it / nkv), int(it % nkv), q);
+    }
+    plan_jobs(layer);
+    const detail::AttendChunkFn kernel = detail::select_attend_chunk();  // instruction set, once per call
+    const Stream& K = *keys_;
+    const Stream& V = *values_;
+    auto source = [&](const Stream& st, int g) {
+      detail::StreamSource src;
+      if (st.is_codec()) {
+        src.read = detail::fused_layout_supported(*st.codec) ? detail::StreamRead::Fused : detail::StreamRead::Codec;
+        src.codec = &*st.codec;
+        src.records = st.record(layer, g, 0);
+      } else {
+        src.read = detail::StreamRead::Dense;
+        src.rows = st.dense_row(layer, g, 0);
+      }
+      return src;
+    };
+    const bool prod = K.is_codec() && K.codec->spec().kind == codec::CodecKind::Prod;
+    parallel_checked(pool, jobs_.size(), 1, [&](size_t b, size_t e, int thread) {
+      float* work = scratch_[size_t(thread)]->work.data();
+      for (size_t i = b; i < e; ++i) {
+        const AttendJob& a = jobs_[i];
+        const size_t h = size_t(a.t) * nh + size_t(a.g) * group + a.h0;  // first query head, (batch, n_head)
+        detail::ChunkJob job;
+        job.keys = source(K, a.g);
+        job.values = source(V, a.g);
+        job.head_dim = hd;
+        job.n_q = a.n_q;
+        job.begin = a.begin;
+        job.end = a.end;
+        job.q = K.is_codec() ? q_prep_.data() + h * hd : q + h * hd;  // FP16 keys: the raw query
+        job.q_sketch = prod ? q_sketch_.data() + h * hd : nullptr;
+        job.shift = K.is_codec() ? q_shift_.data() + h : nullptr;
+        job.scale = scale;
+        job.m = job_states_.data() + a.state;
+        job.d = job.m + a.n_q;
+        job.o = job.d + a.n_q;
+        kernel(job, work);
+      }
+    });
+  }
+  if (n_encoded_[size_t(layer)] > 0 && batch_n_ < kParallelBatch) {
+    for (size_t it = 0; it < items; ++it) attend_item(layer, int(it / nkv), int(it % nkv), q, out, scale, *scratch_[0]);
+    return;
+  }
   parallel_checked(pool, items, 1, [&](size_t b, size_t e, int thread) {
     for (size_t it = b; it < e; ++it) {
       attend_item(layer, int(it / nkv), int(it % nkv), q, out, scale, *scratch_[size_t(thread)]);
     }
   });
+}
+
+void TurboKvCache::prepare_queries(int layer, int t, int g, const float* q) {
+  const int hd = shape_.head_dim, nh = shape_.n_head, nkv = shape_.n_kv_head;
+  const int group = nh / nkv;
+  const Stream& K = *keys_;
+  if (!K.is_codec()) return;  // FP16 keys are scored with the raw query
+  const Calib& c = calib_[size_t(layer)];
+  const codec::Rotation& rot = rotations_[size_t(layer) * nkv + g];
+  const float* kmean = c.key_mean.data() + size_t(g) * hd;
+  const float* kinv = c.inv_key_scale.data() + size_t(g) * hd;
+  const bool prod = K.codec->spec().kind == codec::CodecKind::Prod;
+  float qc[codec::kMaxDim];
+  // Fold in the key scales, rotate once, precompute <q, μ>.
+  for (int j = 0; j < group; ++j) {
+    const size_t h = size_t(t) * nh + size_t(g) * group + j;
+    const float* qh = q + h * hd;
+    float* qr = q_prep_.data() + h * hd;
+    float shift = 0;
+    for (int i = 0; i < hd; ++i) {
+      qc[i] = qh[i] * kinv[i];
+      shift += qh[i] * kmean[i];
+    }
+    q_shift_[h] = shift;
+    if (K.rotated()) rot.forward(qc, qr); else std::copy(qc, qc + hd, qr);
+    if (prod) K.codec->sketch_query(qr, q_sketch_.data() + h * hd);
+  }
+}
+
+// Splits each (token, kv head)'s encoded positions into at most c chunks, c
+// chosen so a call has about kTargetJobs jobs whatever the batch: enough to
+// keep every thread busy on one decode token, few enough that merging costs
+// nothing. The split depends on the batch and the cache contents only, not on
+// the thread count, so results do not change with -t.
+void TurboKvCache::plan_jobs(int layer) {
+  constexpr int kTargetJobs = 64;
+  constexpr int kMinChunk = 256;  // positions; a multiple of the kernels' 64-position block
+  const int hd = shape_.head_dim, nkv = shape_.n_kv_head;
+  const int group = shape_.n_head / nkv;
+  const int pieces = (group + detail::kMaxJobHeads - 1) / detail::kMaxJobHeads;
+  const size_t items = size_t(batch_n_) * nkv;
+  const size_t work_items = items * size_t(pieces);
+  const int max_chunks = int(std::max<size_t>(1, (kTargetJobs + work_items - 1) / work_items));
+  // Upper bound of this call's jobs and states, so that decoding stops
+  // allocating after its first step.
+  const size_t job_bound = work_items * size_t(max_chunks);
+  if (jobs_.capacity() < job_bound) jobs_.reserve(job_bound);
+  const size_t state_bound = job_bound * size_t(std::min(group, detail::kMaxJobHeads)) * (size_t(hd) + 2);
+  if (job_states_.size() < state_bound) job_states_.resize(state_bound);
+  item_jobs_.resize(items + 1);
+  jobs_.clear();
+  size_t offset = 0;
+  const int n_encoded = n_encoded_[size_t(layer)];
+  for (int t = 0; t < batch_n_; ++t) {
+    const int n_enc = std::min(n_encoded, n_tokens_ + t + 1);
+    const int per = (n_enc + max_chunks - 1) / max_chunks;
+    const int len = std::max(kMinChunk, (per + 63) / 64 * 64);
+    for (int g = 0; g < nkv; ++g) {
+      item_jobs_[size_t(t) * nkv + g] = jobs_.size();
+      for (int h0 = 0; h0 < group; h0 += detail::kMaxJobHeads) {
+        const int n_q = std::min(detail::kMaxJobHeads, group - h0);
+        for (int b = 0; b < n_enc; b += len) {
+          jobs_.push_back(AttendJob{t, g, h0, n_q, b, std::min(b + len, n_enc), offset});
+          offset += size_t(n_q) * (size_t(hd) + 2);
+        }
+      }
+    }
+  }
+  item_jobs_[items] = jobs_.size();
+  TKV_ASSERT(offset <= job_states_.size(), "job states out of range");
 }
 
 void TurboKvCache::attend_item(int layer, int t, int g, const float* q, float* out, float scale,
@@ -331,99 +473,70 @@ void TurboKvCache::attend_item(int layer, int t, int g, const float* q, float* o
     return;
   }
 
+  // Merge the jobs' partial states over the encoded positions (value-stream
+  // space), then bring them to the original space once per head: o = R^T o_rot
+  // + μv Σ p (the value mean was subtracted before encoding).
   const Calib& c = calib_[size_t(layer)];
   const codec::Rotation& rot = rotations_[head];
-  const float* kmean = c.key_mean.data() + size_t(g) * hd;
-  const float* kinv = c.inv_key_scale.data() + size_t(g) * hd;
-  const bool prod = K.is_codec() && K.codec->spec().kind == codec::CodecKind::Prod;
-
-  // Queries: fold in the key scales, rotate once, precompute <q, μ>.
-  for (int j = 0; j < group; ++j) {
-    const float* qh = q + (size_t(t) * nh + g * group + j) * hd;
-    float* qc = s.q_cal.data() + size_t(j) * hd;
-    float* qr = s.q_rot.data() + size_t(j) * hd;
-    if (K.is_codec()) {
-      float shift = 0;
-      for (int i = 0; i < hd; ++i) {
-        qc[i] = qh[i] * kinv[i];
-        shift += qh[i] * kmean[i];
-      }
-      s.shift[size_t(j)] = shift;
-      if (K.rotated()) rot.forward(qc, qr); else std::copy(qc, qc + hd, qr);
-      if (prod) K.codec->sketch_query(qr, s.q_sketch.data() + size_t(j) * hd);
-    }
-  }
-
-  // Scores.
-  const std::vector<fp16_t>* k_staged = K.is_codec() ? &K.staged_of(layer, g) : nullptr;
-  for (int j = 0; j < group; ++j) {
-    const float* qh = q + (size_t(t) * nh + g * group + j) * hd;
-    float* sc = s.scores.data() + size_t(j) * shape_.max_tokens;
-    for (int p = 0; p < n_pos; ++p) {
-      float dot = 0;
-      if (K.is_codec() && p < n_enc) {
-        dot = K.codec->dot_rotated(s.q_rot.data() + size_t(j) * hd, s.q_sketch.data() + size_t(j) * hd,
-                                   K.record(layer, g, p)) + s.shift[size_t(j)];
-      } else {
-        const fp16_t* kr = K.is_codec() ? k_staged->data() + size_t(p - n_encoded_[size_t(layer)]) * hd
-                                        : K.dense_row(layer, g, p);
-        for (int i = 0; i < hd; ++i) dot += qh[i] * fp16_to_f32(kr[i]);
-      }
-      sc[p] = scale * dot;
-    }
-  }
-
-  // Softmax weights (two passes over the stored scores: exact and simple).
-  for (int j = 0; j < group; ++j) {
-    float* sc = s.scores.data() + size_t(j) * shape_.max_tokens;
-    float m = -INFINITY;
-    for (int p = 0; p < n_pos; ++p) m = std::max(m, sc[p]);
-    for (int p = 0; p < n_pos; ++p) sc[p] = std::exp(sc[p] - m);
-  }
-
-  // Values: records accumulate in rotated space, raw values in the original.
-  std::fill(s.o_rot.begin(), s.o_rot.end(), 0.0f);
-  std::fill(s.o_raw.begin(), s.o_raw.end(), 0.0f);
-  std::fill(s.w_enc.begin(), s.w_enc.end(), 0.0f);
-  const int v_enc = V.is_codec() ? n_enc : 0;
-  const std::vector<fp16_t>* v_staged = V.is_codec() ? &V.staged_of(layer, g) : nullptr;
-  for (int p = 0; p < n_pos; ++p) {
-    if (p < v_enc) {
-      V.codec->decode_rotated(V.record(layer, g, p), s.tmp.data());
-      for (int j = 0; j < group; ++j) {
-        const float w = s.scores[size_t(j) * shape_.max_tokens + p];
-        float* o = s.o_rot.data() + size_t(j) * hd;
-        for (int i = 0; i < hd; ++i) o[i] += w * s.tmp[size_t(i)];
-        s.w_enc[size_t(j)] += w;
-      }
-    } else {
-      const fp16_t* vr = V.is_codec() ? v_staged->data() + size_t(p - n_encoded_[size_t(layer)]) * hd
-                                      : V.dense_row(layer, g, p);
-      for (int i = 0; i < hd; ++i) s.tmp[size_t(i)] = fp16_to_f32(vr[i]);
-      for (int j = 0; j < group; ++j) {
-        const float w = s.scores[size_t(j) * shape_.max_tokens + p];
-        float* o = s.o_raw.data() + size_t(j) * hd;
-        for (int i = 0; i < hd; ++i) o[i] += w * s.tmp[size_t(i)];
-      }
-    }
-  }
-
-  // Rotate back once, add the value mean, normalise.
   const float* vmean = c.value_mean.data() + size_t(g) * hd;
+  const size_t first = item_jobs_[size_t(t) * nkv + g], last = item_jobs_[size_t(t) * nkv + g + 1];
+  const int n_raw = n_pos - n_enc;
+  const std::vector<fp16_t>* k_staged = K.is_codec() ? &K.staged_of(layer, g) : nullptr;
+  const std::vector<fp16_t>* v_staged = V.is_codec() ? &V.staged_of(layer, g) : nullptr;
   for (int j = 0; j < group; ++j) {
-    const float* sc = s.scores.data() + size_t(j) * shape_.max_tokens;
-    float sum = 0;
-    for (int p = 0; p < n_pos; ++p) sum += sc[p];
-    const float inv = 1.0f / sum;
-    float* o = out + (size_t(t) * nh + g * group + j) * hd;
-    const float* orot = s.o_rot.data() + size_t(j) * hd;
-    const float* oraw = s.o_raw.data() + size_t(j) * hd;
-    if (v_enc > 0 && V.rotated()) rot.inverse(orot, o); else std::copy(orot, orot + hd, o);
-    const float we = s.w_enc[size_t(j)];
-    for (int i = 0; i < hd; ++i) {
-      const float mean_part = v_enc > 0 ? vmean[i] * we : 0.0f;
-      o[i] = (o[i] + mean_part + oraw[i]) * inv;
+    float* orot = s.o_rot.data();  // (head_dim) merged Σ p v̂ in the value stream's space
+    std::fill(orot, orot + hd, 0.0f);
+    float m = -INFINITY, d = 0.0f;
+    for (size_t i = first; i < last; ++i) {
+      const AttendJob& a = jobs_[i];
+      if (j < a.h0 || j >= a.h0 + a.n_q) continue;
+      const float* pm = job_states_.data() + a.state;
+      const float pmj = pm[j - a.h0], pdj = pm[a.n_q + j - a.h0];
+      const float* po = pm + 2 * a.n_q + size_t(j - a.h0) * hd;
+      if (pdj == 0.0f) continue;
+      const float m_new = std::max(m, pmj);
+      const float ca = std::exp(m - m_new), cb = std::exp(pmj - m_new);
+      d = d * ca + pdj * cb;
+      for (int k = 0; k < hd; ++k) orot[k] = orot[k] * ca + po[k] * cb;
+      m = m_new;
     }
+    float* o = out + (size_t(t) * nh + g * group + j) * hd;
+    if (V.is_codec()) {
+      if (V.rotated()) rot.inverse(orot, o); else std::copy(orot, orot + hd, o);
+      for (int k = 0; k < hd; ++k) o[k] += vmean[k] * d;
+    } else {
+      std::copy(orot, orot + hd, o);
+    }
+
+    // Raw (staged) positions after the records: plain attention in the
+    // original space, merged in.
+    if (n_raw > 0) {
+      const float* qh = q + (size_t(t) * nh + g * group + j) * hd;
+      float* sc = s.scores.data();
+      float mr = -INFINITY;
+      for (int p = n_enc; p < n_pos; ++p) {
+        const fp16_t* kr = K.is_codec() ? k_staged->data() + size_t(p - n_enc) * hd : K.dense_row(layer, g, p);
+        float dot = 0;
+        for (int i = 0; i < hd; ++i) dot += qh[i] * fp16_to_f32(kr[i]);
+        sc[p - n_enc] = scale * dot;
+        mr = std::max(mr, sc[p - n_enc]);
+      }
+      float* oraw = s.o_raw.data();
+      std::fill(oraw, oraw + hd, 0.0f);
+      float dr = 0;
+      for (int p = n_enc; p < n_pos; ++p) {
+        const float w = std::exp(sc[p - n_enc] - mr);
+        dr += w;
+        const fp16_t* vr = V.is_codec() ? v_staged->data() + size_t(p - n_enc) * hd : V.dense_row(layer, g, p);
+        for (int i = 0; i < hd; ++i) oraw[i] += w * fp16_to_f32(vr[i]);
+      }
+      const float m_new = std::max(m, mr);
+      const float ca = std::exp(m - m_new), cb = std::exp(mr - m_new);
+      d = d * ca + dr * cb;
+      for (int k = 0; k < hd; ++k) o[k] = o[k] * ca + oraw[k] * cb;
+    }
+    const float inv = d > 0.0f ? 1.0f / d : 0.0f;
+    for (int k = 0; k < hd; ++k) o[k] *= inv;
   }
 }
 
@@ -504,15 +617,15 @@ size_t TurboKvCache::bytes() const {
       if (st->is_codec()) total += nkv * (enc * st->record_bytes + raw * hd * sizeof(fp16_t));
       else total += nkv * size_t(n_tokens_) * hd * sizeof(fp16_t);
     }
-    // Calibration state stored beside the records (fp32): key mean and
+    // Calibration state stored beside the records (fp16): key mean and
     // scales, value mean.
     const Calib& c = calib_[size_t(l)];
     if (c.done) {
       if (keys_->is_codec()) {
-        if (spec_.center_keys) total += nkv * hd * sizeof(float);
-        if (spec_.calibration != Calibration::None) total += nkv * hd * sizeof(float);
+        if (spec_.center_keys) total += nkv * hd * sizeof(fp16_t);
+        if (spec_.calibration != Calibration::None) total += nkv * hd * sizeof(fp16_t);
       }
-      if (values_->is_codec() && spec_.center_values) total += nkv * hd * sizeof(float);
+      if (values_->is_codec() && spec_.center_values) total += nkv * hd * sizeof(fp16_t);
     }
   }
   return total;
@@ -525,6 +638,125 @@ double TurboKvCache::bits_per_element() const {
   }
   const double elements = 2.0 * shape_.n_layer * shape_.n_kv_head * double(n_tokens_) * shape_.head_dim;
   return 8.0 * double(bytes()) / elements;
+}
+
+// ---- prompt-cache state (layout: kv/cache_file.h) ----
+
+void TurboKvCache::save(CacheWriter& out) const {
+  TKV_ASSERT(batch_n_ < 0, "save while a batch is open");
+  const int hd = shape_.head_dim, nkv = shape_.n_kv_head;
+  out.put<int32_t>(n_tokens_);
+  out.put<int64_t>(tokens_encoded_);
+  for (int l = 0; l < shape_.n_layer; ++l) {
+    const Calib& c = calib_[size_t(l)];
+    out.put<int32_t>(n_encoded_[size_t(l)]);
+    out.put<uint8_t>(c.done ? 1 : 0);
+    out.put<int64_t>(c.q_count);
+    out.put_vector(c.key_mean);
+    out.put_vector(c.key_scale);
+    out.put_vector(c.value_mean);
+    // Query statistics only matter until calibration (inverse scales are
+    // recomputed exactly as calibrate() computes them).
+    out.put_vector(c.done ? std::vector<double>() : c.q_sq_sum);
+  }
+  for (const Stream* st : {keys_.get(), values_.get()}) {
+    for (int l = 0; l < shape_.n_layer; ++l) {
+      const int enc = n_encoded_[size_t(l)];
+      for (int g = 0; g < nkv; ++g) {
+        if (st->is_codec()) {
+          out.put_array(st->record(l, g, 0), size_t(enc) * st->record_bytes);
+          const auto& staged = st->staged_of(l, g);
+          TKV_ASSERT(staged.size() == size_t(n_tokens_ - enc) * hd, "staged size out of step");
+          out.put_array(staged.data(), staged.size());
+        } else {
+          out.put_array(st->dense_row(l, g, 0), size_t(n_tokens_) * hd);
+        }
+      }
+    }
+  }
+}
+
+void TurboKvCache::restore(CacheReader& in) {
+  TKV_ASSERT(batch_n_ < 0, "restore while a batch is open");
+  const int hd = shape_.head_dim, nkv = shape_.n_kv_head, nl = shape_.n_layer;
+  const size_t per_layer = size_t(nkv) * hd;
+  const int32_t n = in.get<int32_t>();
+  const int64_t encoded_total = in.get<int64_t>();
+  if (n < 0 || n > shape_.max_tokens) {
+    in.fail("holds " + std::to_string(n) + " tokens; the context holds " + std::to_string(shape_.max_tokens) +
+            " (raise --ctx)");
+  }
+  // Read everything into temporaries first: a bad state leaves the cache as it was.
+  std::vector<int> n_encoded(static_cast<size_t>(nl));
+  std::vector<Calib> calib(static_cast<size_t>(nl));
+  for (int l = 0; l < nl; ++l) {
+    const int32_t enc = in.get<int32_t>();
+    if (enc < 0 || enc > n) {
+      in.fail("layer " + std::to_string(l) + " has " + std::to_string(enc) + " encoded tokens of " + std::to_string(n));
+    }
+    n_encoded[size_t(l)] = enc;
+    Calib& c = calib[size_t(l)];
+    c.done = in.get<uint8_t>() != 0;
+    c.q_count = in.get<int64_t>();
+    c.key_mean = in.get_vector<float>(per_layer, "key mean");
+    c.key_scale = in.get_vector<float>(per_layer, "key scales");
+    c.inv_key_scale.resize(c.key_scale.size());
+    for (size_t i = 0; i < c.key_scale.size(); ++i) c.inv_key_scale[i] = 1.0f / c.key_scale[i];
+    c.value_mean = in.get_vector<float>(per_layer, "value mean");
+    c.q_sq_sum = in.get_vector<double>(per_layer, "query square sums");
+    if (c.done && (c.key_mean.empty() || c.key_scale.empty() || c.value_mean.empty())) {
+      in.fail("layer " + std::to_string(l) + " is calibrated but its calibration state is missing");
+    }
+    if (enc > 0 && !c.done) in.fail("layer " + std::to_string(l) + " has encoded tokens but no calibration");
+  }
+  struct StreamState {
+    std::vector<uint8_t> records;             // (layer, kv_head, enc, record_bytes)
+    std::vector<std::vector<fp16_t>> rows;    // (layer, kv_head) -> staged or dense rows
+  };
+  StreamState states[2];
+  const Stream* streams[2] = {keys_.get(), values_.get()};
+  for (int s = 0; s < 2; ++s) {
+    const Stream* st = streams[s];
+    states[s].rows.resize(size_t(nl) * nkv);
+    for (int l = 0; l < nl; ++l) {
+      const int enc = st->is_codec() ? n_encoded[size_t(l)] : 0;
+      for (int g = 0; g < nkv; ++g) {
+        if (st->is_codec()) {
+          const size_t old = states[s].records.size();
+          states[s].records.resize(old + size_t(enc) * st->record_bytes);
+          in.get_array(states[s].records.data() + old, size_t(enc) * st->record_bytes);
+        }
+        auto& rows = states[s].rows[size_t(l) * nkv + g];
+        rows.resize(size_t(n - enc) * hd);
+        in.get_array(rows.data(), rows.size());
+      }
+    }
+  }
+  if (in.remaining() != 0) in.fail(std::to_string(in.remaining()) + " bytes left after the cache state");
+
+  // Commit.
+  for (int s = 0; s < 2; ++s) {
+    Stream* st = s == 0 ? keys_.get() : values_.get();
+    size_t rec = 0;
+    for (int l = 0; l < nl; ++l) {
+      for (int g = 0; g < nkv; ++g) {
+        auto& rows = states[s].rows[size_t(l) * nkv + g];
+        if (st->is_codec()) {
+          const size_t nbytes = size_t(n_encoded[size_t(l)]) * st->record_bytes;
+          std::copy(states[s].records.begin() + std::ptrdiff_t(rec), states[s].records.begin() + std::ptrdiff_t(rec + nbytes),
+                    st->record(l, g, 0));
+          rec += nbytes;
+          st->staged_of(l, g) = std::move(rows);
+        } else {
+          std::copy(rows.begin(), rows.end(), st->dense_row(l, g, 0));
+        }
+      }
+    }
+  }
+  n_encoded_ = std::move(n_encoded);
+  calib_ = std::move(calib);
+  n_tokens_ = n;
+  tokens_encoded_ = encoded_total;
 }
 
 }  // namespace turbokv::kv

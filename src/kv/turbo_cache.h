@@ -63,6 +63,8 @@ class TurboKvCache final : public KvCache {
 
   size_t bytes() const override;
   double bits_per_element() const override;
+  void save(CacheWriter& out) const override;    // layout: kv/cache_file.h
+  void restore(CacheReader& in) override;
 
   // ---- introspection, for tests and the evaluator ----
   // Tokens of `layer` held as records (keys; values are encoded in step).

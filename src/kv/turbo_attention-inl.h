@@ -1,0 +1,595 @@
+// SIMD bodies of the fused attention over compressed KV records
+// (turbo_attention.h), compiled once per instruction set: turbo_attention.cpp
+// includes this file through Highway's foreach_target.
+//
+// Packed-index geometry for B-bit indices and vectors of N float lanes. A
+// chunk is the E = N * S consecutive elements whose indices fill S index
+// vectors of N lanes: for B = 2, 4, 8 the chunk is N bytes and lane l of
+// sub-vector k is element S*l + k (bits [B*k, B*k + B) of byte l); for B = 3
+// it is 3N bytes (N little-endian 24-bit words, LoadInterleaved3) and lane l
+// of sub-vector k is element 8l + k. Queries and outputs are held in that
+// "chunk order" (Permute / Unpermute below) so no index ever moves across
+// lanes: widening to 32 bits is one PromoteTo, expansion to centroid values
+// one TableLookupLanes (two and a select when the codebook is wider than a
+// vector: 4 bits on AVX2; a gather for 8 bits).
+#if defined(TURBOKV_KV_TURBO_ATTENTION_INL_H_) == defined(HWY_TARGET_TOGGLE)
+#ifdef TURBOKV_KV_TURBO_ATTENTION_INL_H_
+#undef TURBOKV_KV_TURBO_ATTENTION_INL_H_
+#else
+#define TURBOKV_KV_TURBO_ATTENTION_INL_H_
+#endif
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "hwy/highway.h"
+#include "hwy/contrib/math/math-inl.h"
+#include "kv/turbo_attention.h"
+
+HWY_BEFORE_NAMESPACE();
+namespace turbokv::kv::detail {
+namespace HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+
+// Positions per online-softmax update (the score buffer is (n_q, kBlock)).
+constexpr int kBlock = 64;
+// Floats reserved for one padded codebook (256 centroids + two vectors).
+constexpr int kTableFloats = 256 + 32;
+
+template <int B>
+constexpr int kSubVectors = B == 3 ? 8 : 8 / B;
+
+// The fp16 field at p (unaligned) as float: one F16C conversion where the
+// target has it, not the portable branchy conversion (that cost more than the
+// FMAs it scales).
+HWY_INLINE float Fp16At(const uint8_t* p) {
+  const hn::CappedTag<float, 1> d1;
+  const hn::Rebind<hwy::float16_t, decltype(d1)> dh1;
+  return hn::GetLane(hn::PromoteTo(d1, hn::LoadU(dh1, reinterpret_cast<const hwy::float16_t*>(p))));
+}
+
+// The S index vectors (u8 lanes) of one chunk starting at byte p.
+template <int B, class DU8>
+HWY_INLINE void ExtractIndices(DU8 du8, const uint8_t* HWY_RESTRICT p, hn::Vec<DU8>* out) {
+  if constexpr (B == 8) {
+    out[0] = hn::LoadU(du8, p);
+  } else if constexpr (B == 4) {
+    const auto v = hn::LoadU(du8, p);
+    out[0] = hn::And(v, hn::Set(du8, 0x0F));
+    out[1] = hn::ShiftRight<4>(v);
+  } else if constexpr (B == 2) {
+    const auto v = hn::LoadU(du8, p);
+    const auto m = hn::Set(du8, 0x03);
+    out[0] = hn::And(v, m);
+    out[1] = hn::And(hn::ShiftRight<2>(v), m);
+    out[2] = hn::And(hn::ShiftRight<4>(v), m);
+    out[3] = hn::ShiftRight<6>(v);
+  } else {
+    static_assert(B == 3, "fused widths are 2, 3, 4, 8");
+    hn::Vec<DU8> b0, b1, b2;  // bytes 3l, 3l + 1, 3l + 2 of word l
+    hn::LoadInterleaved3(du8, p, b0, b1, b2);
+    const auto m7 = hn::Set(du8, 0x07);
+    out[0] = hn::And(b0, m7);
+    out[1] = hn::And(hn::ShiftRight<3>(b0), m7);
+    out[2] = hn::Or(hn::ShiftRight<6>(b0), hn::ShiftLeft<2>(hn::And(b1, hn::Set(du8, 0x01))));
+    out[3] = hn::And(hn::ShiftRight<1>(b1), m7);
+    out[4] = hn::And(hn::ShiftRight<4>(b1), m7);
+    out[5] = hn::Or(hn::ShiftRight<7>(b1), hn::ShiftLeft<1>(hn::And(b2, hn::Set(du8, 0x03))));
+    out[6] = hn::And(hn::ShiftRight<2>(b2), m7);
+    out[7] = hn::ShiftRight<5>(b2);
+  }
+}
+
+// Group scales, lane by lane. Lane l of every index vector of chunk c holds an
+// element of group (c*E + S*l) / G (G, a multiple of S, is a power of two), so
+// one lane permute of the record's scales gives the scale of every lane; a
+// chunk may span several groups. Needs hd / G <= N and a record of at least
+// 2N bytes (the scales are loaded as one N-lane fp16 vector; lanes past the
+// last scale read the record's own index bytes and are never selected).
+template <int S, class DF>
+struct LaneGroups {
+  using DI = hn::RebindToSigned<DF>;
+  hn::Vec<DI> first;  // S * l
+  int log2_group;
+  LaneGroups(DF, int group) : first(hn::Mul(hn::Iota(DI(), 0), hn::Set(DI(), S))), log2_group(0) {
+    while ((1 << log2_group) < group) ++log2_group;
+  }
+  HWY_INLINE auto chunk(DF df, int first_element) const {
+    return hn::IndicesFromVec(df, hn::ShiftRightSame(hn::Add(first, hn::Set(DI(), first_element)), log2_group));
+  }
+};
+
+template <class DF>
+HWY_INLINE hn::Vec<DF> RecordScales(DF df, const uint8_t* rec) {
+  const hn::Rebind<hwy::float16_t, DF> dh;
+  return hn::PromoteTo(df, hn::LoadU(dh, reinterpret_cast<const hwy::float16_t*>(rec)));
+}
+
+// Centroid values of 2^B-entry codebook `table` (padded to kTableFloats).
+template <int B, class DF>
+struct Centroids {
+  static constexpr size_t N = hn::MaxLanes(DF());
+  hn::Vec<DF> lo, hi;
+  const float* table;
+  Centroids(DF df, const float* t) : lo(hn::LoadU(df, t)), hi(hn::LoadU(df, t + N)), table(t) {}
+
+  template <class VI>
+  HWY_INLINE hn::Vec<DF> operator()(DF df, VI idx) const {
+    if constexpr ((size_t(1) << B) <= N) {
+      return hn::TableLookupLanes(lo, hn::IndicesFromVec(df, idx));
+    } else if constexpr ((size_t(1) << B) <= 2 * N) {
+      const hn::RebindToSigned<DF> di;
+      const auto low = hn::IndicesFromVec(df, hn::And(idx, hn::Set(di, int32_t(N - 1))));
+      const auto upper = hn::RebindMask(df, hn::Gt(idx, hn::Set(di, int32_t(N - 1))));
+      return hn::IfThenElse(upper, hn::TableLookupLanes(hi, low), hn::TableLookupLanes(lo, low));
+    } else {
+      return hn::GatherIndex(df, table, idx);
+    }
+  }
+};
+
+#if HWY_TARGET != HWY_SCALAR  // one-lane vectors have nothing to interleave
+// Horizontal sums of four vectors at once: every 128-bit block k of the
+// result holds [Σ_k a, Σ_k b, Σ_k c, Σ_k d] over that block's four lanes
+// (two interleave-add rounds instead of four full SumOfLanes).
+template <class DF, class V>
+HWY_INLINE V SumBlocks4(DF df, V a, V b, V c, V d) {
+  const hn::Repartition<double, DF> dd;
+  const auto ab = hn::BitCast(dd, hn::Add(hn::InterleaveLower(df, a, b), hn::InterleaveUpper(df, a, b)));
+  const auto cd = hn::BitCast(dd, hn::Add(hn::InterleaveLower(df, c, d), hn::InterleaveUpper(df, c, d)));
+  return hn::Add(hn::BitCast(df, hn::InterleaveLower(dd, ab, cd)), hn::BitCast(df, hn::InterleaveUpper(dd, ab, cd)));
+}
+
+// out[0..4) = full horizontal sums of a, b, c, d (N = 4, 8 or 16 lanes).
+template <class DF, class V>
+HWY_INLINE void Sum4(DF df, V a, V b, V c, V d, float* HWY_RESTRICT out) {
+  constexpr size_t N = hn::MaxLanes(DF());
+  const auto v = SumBlocks4(df, a, b, c, d);
+  if constexpr (N == 4) {
+    hn::StoreU(v, df, out);
+  } else if constexpr (N == 8) {
+    const hn::Half<DF> d4;
+    hn::StoreU(hn::Add(hn::LowerHalf(d4, v), hn::UpperHalf(d4, v)), d4, out);
+  } else {
+    static_assert(N == 16, "4, 8 or 16 lanes");
+    const hn::Half<DF> d8;
+    const auto h = hn::Add(hn::LowerHalf(d8, v), hn::UpperHalf(d8, v));
+    const hn::Half<decltype(d8)> d4;
+    hn::StoreU(hn::Add(hn::LowerHalf(d4, h), hn::UpperHalf(d4, h)), d4, out);
+  }
+}
+#endif
+
+// Dots of R records r0.. with NQ query heads: acc[rr * NQ + j].
+template <int B, bool kGroup, int NQ, int R, class DF>
+HWY_INLINE void DotRecords(DF df, const uint8_t* HWY_RESTRICT rec, size_t rec_bytes, uint32_t index_offset, int hd,
+                           int group, const float* HWY_RESTRICT qp, const Centroids<B, DF>& centroids,
+                           hn::Vec<DF>* acc) {
+  const hn::Rebind<int32_t, DF> di;
+  const hn::Rebind<uint8_t, DF> du8;
+  constexpr int N = int(hn::MaxLanes(df));
+  constexpr int S = kSubVectors<B>;
+  constexpr int E = N * S;
+  constexpr int kChunkBytes = E * B / 8;
+  for (int v = 0; v < R * NQ; ++v) acc[v] = hn::Zero(df);
+  const int n_chunks = hd / E;
+  const LaneGroups<S, DF> lane_groups(df, group);
+  hn::Vec<DF> scales[R];  // (R) the records' group scales
+  for (int rr = 0; rr < R; ++rr) scales[rr] = kGroup ? RecordScales(df, rec + rr * rec_bytes) : hn::Zero(df);
+  for (int c = 0; c < n_chunks; ++c) {
+    hn::Vec<decltype(du8)> iv[R][S];
+    for (int rr = 0; rr < R; ++rr) {
+      ExtractIndices<B>(du8, rec + rr * rec_bytes + index_offset + c * kChunkBytes, iv[rr]);
+    }
+    hn::Vec<DF> gs[R];  // per-lane group scales of this chunk, per record
+    if constexpr (kGroup) {
+      const auto gidx = lane_groups.chunk(df, c * E);
+      for (int rr = 0; rr < R; ++rr) gs[rr] = hn::TableLookupLanes(scales[rr], gidx);
+    }
+    // Group scales: with fewer heads than index vectors per chunk, one FMA per
+    // head scales the chunk's partial dot; otherwise one multiply per index
+    // vector scales the centroids.
+    constexpr bool kScaleChunk = kGroup && NQ < S;
+    hn::Vec<DF> part[kScaleChunk ? R * NQ : 1];
+    if constexpr (kScaleChunk) {
+      for (int v = 0; v < R * NQ; ++v) part[v] = hn::Zero(df);
+    }
+    for (int k = 0; k < S; ++k) {
+      const float* q = qp + c * E + k * N;
+      hn::Vec<DF> qv[NQ];
+      for (int j = 0; j < NQ; ++j) qv[j] = hn::LoadU(df, q + size_t(j) * hd);
+      for (int rr = 0; rr < R; ++rr) {
+        auto cv = centroids(df, hn::PromoteTo(di, iv[rr][k]));
+        if constexpr (kScaleChunk) {
+          for (int j = 0; j < NQ; ++j) part[rr * NQ + j] = hn::MulAdd(qv[j], cv, part[rr * NQ + j]);
+        } else {
+          if constexpr (kGroup) cv = hn::Mul(cv, gs[rr]);
+          for (int j = 0; j < NQ; ++j) acc[rr * NQ + j] = hn::MulAdd(qv[j], cv, acc[rr * NQ + j]);
+        }
+      }
+    }
+    if constexpr (kScaleChunk) {
+      for (int rr = 0; rr < R; ++rr) {
+        for (int j = 0; j < NQ; ++j) acc[rr * NQ + j] = hn::MulAdd(part[rr * NQ + j], gs[rr], acc[rr * NQ + j]);
+      }
+    }
+  }
+}
+
+// Raw dots <q_j, x̂(r)> of n records with NQ query heads (chunk order).
+// R records per step keep R * NQ >= 4 independent FMA chains in flight and
+// reduce them four at a time.   qp: (NQ, hd)   dots: (NQ, kBlock)
+template <int B, bool kGroup, int NQ, size_t kN>
+void ScoreRecords(const uint8_t* HWY_RESTRICT rec0, size_t rec_bytes, uint32_t index_offset, int n, int hd,
+                  int group, const float* HWY_RESTRICT qp, const float* HWY_RESTRICT table,
+                  float* HWY_RESTRICT dots) {
+  using DF = hn::CappedTag<float, kN>;
+  const DF df;
+  const Centroids<B, DF> centroids(df, table);
+  int r = 0;
+#if HWY_TARGET != HWY_SCALAR
+  constexpr int N = int(hn::MaxLanes(df));
+  constexpr int R = NQ >= 8 ? 1 : NQ == 4 ? 2 : 4;
+  if constexpr (N >= 4) {
+    for (; r + R <= n; r += R) {
+      const uint8_t* rec = rec0 + size_t(r) * rec_bytes;
+      hn::Vec<DF> acc[R * NQ];
+      DotRecords<B, kGroup, NQ, R>(df, rec, rec_bytes, index_offset, hd, group, qp, centroids, acc);
+      alignas(64) float sums[R * NQ];
+      for (int v = 0; v < R * NQ; v += 4) Sum4(df, acc[v], acc[v + 1], acc[v + 2], acc[v + 3], sums + v);
+      for (int rr = 0; rr < R; ++rr) {
+        const float norm = kGroup ? 1.0f : Fp16At(rec + rr * rec_bytes);
+        for (int j = 0; j < NQ; ++j) dots[j * kBlock + r + rr] = norm * sums[rr * NQ + j];
+      }
+    }
+  }
+#endif
+  for (; r < n; ++r) {
+    const uint8_t* rec = rec0 + size_t(r) * rec_bytes;
+    hn::Vec<DF> acc[NQ];
+    DotRecords<B, kGroup, NQ, 1>(df, rec, rec_bytes, index_offset, hd, group, qp, centroids, acc);
+    const float norm = kGroup ? 1.0f : Fp16At(rec);
+    for (int j = 0; j < NQ; ++j) dots[j * kBlock + r] = norm * hn::GetLane(hn::SumOfLanes(df, acc[j]));
+  }
+}
+
+// o_j += w_j(r) x̂(r) over n records for NQ heads (chunk order). Chunk by
+// chunk, KH index vectors at a time, the NQ * KH output vectors stay in
+// registers across the block's records and are stored once. When the chunk
+// lies inside one group (always for mse), the record's scale (mse: norm) is
+// folded into the weights, so the FMAs take broadcast weights straight from
+// memory; chunks spanning groups (kSpan) multiply by per-lane scales instead.
+// With several passes per chunk the indices are widened to bytes once.
+//   w: (NQ, kBlock)   op: (NQ, hd)
+template <int B, bool kGroup, bool kSpan, int NQ, size_t kN>
+void AccumulateRecords(const uint8_t* HWY_RESTRICT rec0, size_t rec_bytes, uint32_t index_offset, int n, int hd,
+                       int group, const float* HWY_RESTRICT w, const float* HWY_RESTRICT table,
+                       float* HWY_RESTRICT op) {
+  using DF = hn::CappedTag<float, kN>;
+  const DF df;
+  const hn::Rebind<int32_t, DF> di;
+  const hn::Rebind<uint8_t, DF> du8;
+  constexpr int N = int(hn::MaxLanes(df));
+  constexpr int S = kSubVectors<B>;
+  constexpr int E = N * S;
+  constexpr int kChunkBytes = E * B / 8;
+  constexpr int KH = S < 16 / NQ ? S : (16 / NQ < 1 ? 1 : 16 / NQ);  // index vectors per pass
+  static_assert(S % KH == 0, "passes must tile the chunk");
+  constexpr bool kStage = KH < S;  // several passes: widen the indices once
+  const Centroids<B, DF> centroids(df, table);
+  // Weights times the current group's scale (mse: the norm).   (NQ, kBlock)
+  HWY_ALIGN float wg[NQ * kBlock];
+  // Staged indices of one chunk.   (kBlock, S, N)
+  HWY_ALIGN uint8_t staged[kStage ? kBlock * S * N : 1];
+  auto fold = [&](int scale_byte) {
+    for (int r = 0; r < n; ++r) {
+      const float sc = kSpan ? 1.0f : Fp16At(rec0 + size_t(r) * rec_bytes + scale_byte);
+      for (int j = 0; j < NQ; ++j) wg[j * kBlock + r] = w[j * kBlock + r] * sc;
+    }
+  };
+  if constexpr (!kGroup || kSpan) fold(0);
+  const int n_chunks = hd / E;
+  const LaneGroups<S, DF> lane_groups(df, group);
+  int folded_group = -1;
+  for (int c = 0; c < n_chunks; ++c) {
+    const uint32_t offset = index_offset + uint32_t(c * kChunkBytes);
+    if constexpr (kGroup && !kSpan) {
+      const int g = (c * E) / group;
+      if (g != folded_group) { fold(2 * g); folded_group = g; }
+    }
+    const auto gidx = lane_groups.chunk(df, kSpan ? c * E : 0);
+    if constexpr (kStage) {
+      for (int r = 0; r < n; ++r) {
+        hn::Vec<decltype(du8)> iv[S];
+        ExtractIndices<B>(du8, rec0 + size_t(r) * rec_bytes + offset, iv);
+        for (int k = 0; k < S; ++k) hn::Store(iv[k], du8, staged + (r * S + k) * N);
+      }
+    }
+    for (int k0 = 0; k0 < S; k0 += KH) {
+      hn::Vec<DF> acc[NQ * KH];
+      for (int v = 0; v < NQ * KH; ++v) acc[v] = hn::Zero(df);
+      for (int r = 0; r < n; ++r) {
+        const uint8_t* rec = rec0 + size_t(r) * rec_bytes;
+        hn::Vec<decltype(du8)> iv[S];
+        if constexpr (kStage) {
+          for (int kk = 0; kk < KH; ++kk) iv[k0 + kk] = hn::Load(du8, staged + (r * S + k0 + kk) * N);
+        } else {
+          ExtractIndices<B>(du8, rec + offset, iv);
+        }
+        hn::Vec<DF> gs;  // per-lane group scales of this chunk
+        if constexpr (kSpan) gs = hn::TableLookupLanes(RecordScales(df, rec), gidx);
+        for (int kk = 0; kk < KH; ++kk) {
+          auto cv = centroids(df, hn::PromoteTo(di, iv[k0 + kk]));
+          if constexpr (kSpan) cv = hn::Mul(cv, gs);
+          for (int j = 0; j < NQ; ++j) {
+            acc[j * KH + kk] = hn::MulAdd(hn::Set(df, wg[j * kBlock + r]), cv, acc[j * KH + kk]);
+          }
+        }
+      }
+      for (int j = 0; j < NQ; ++j) {
+        for (int kk = 0; kk < KH; ++kk) {
+          float* o = op + size_t(j) * hd + c * E + (k0 + kk) * N;
+          hn::StoreU(hn::Add(hn::LoadU(df, o), acc[j * KH + kk]), df, o);
+        }
+      }
+    }
+  }
+}
+
+using ScoreFn = void (*)(const uint8_t*, size_t, uint32_t, int, int, int, const float*, const float*, float*);
+using AccumulateFn = void (*)(const uint8_t*, size_t, uint32_t, int, int, int, const float*, const float*, float*);
+
+// A fused reader of one stream: the kernels and the chunk order they use.
+struct FusedPlan {
+  int lanes = 0, sub = 0, chunk = 0;  // N, S, E
+  ScoreFn score[3] = {};              // NQ = 1, 2, 4
+  AccumulateFn accumulate[3] = {};    // NQ = 1, 2, 4
+  int group = 0;                      // group: G; mse: head_dim (unused)
+  uint32_t index_offset = 0;
+  size_t record_bytes = 0;
+};
+
+template <int B, bool kGroup, size_t kN>
+bool PlanWith(int hd, int group, size_t record_bytes, FusedPlan& plan) {
+  constexpr int N = int(hn::MaxLanes(hn::CappedTag<float, kN>()));
+  constexpr int E = N * kSubVectors<B>;
+  if (hd % E != 0) return false;
+  if (kGroup && (hd / group > N || record_bytes < size_t(2 * N))) return false;  // LaneGroups
+  plan.lanes = N;
+  plan.sub = kSubVectors<B>;
+  plan.chunk = E;
+  plan.score[0] = &ScoreRecords<B, kGroup, 1, kN>;
+  plan.score[1] = &ScoreRecords<B, kGroup, 2, kN>;
+  plan.score[2] = &ScoreRecords<B, kGroup, 4, kN>;
+  if (kGroup && E > group) {  // chunks span groups
+    plan.accumulate[0] = &AccumulateRecords<B, kGroup, true, 1, kN>;
+    plan.accumulate[1] = &AccumulateRecords<B, kGroup, true, 2, kN>;
+    plan.accumulate[2] = &AccumulateRecords<B, kGroup, true, 4, kN>;
+  } else {
+    plan.accumulate[0] = &AccumulateRecords<B, kGroup, false, 1, kN>;
+    plan.accumulate[1] = &AccumulateRecords<B, kGroup, false, 2, kN>;
+    plan.accumulate[2] = &AccumulateRecords<B, kGroup, false, 4, kN>;
+  }
+  return true;
+}
+
+// The widest vector whose chunk divides the head size (and the group size).
+template <int B, bool kGroup>
+bool PlanBits(int hd, int group, size_t record_bytes, FusedPlan& plan) {
+  return PlanWith<B, kGroup, 16>(hd, group, record_bytes, plan) ||
+         PlanWith<B, kGroup, 8>(hd, group, record_bytes, plan) || PlanWith<B, kGroup, 4>(hd, group, record_bytes, plan);
+}
+
+template <bool kGroup>
+bool PlanKind(int bits, int hd, int group, size_t record_bytes, FusedPlan& plan) {
+  switch (bits) {
+    case 2: return PlanBits<2, kGroup>(hd, group, record_bytes, plan);
+    case 3: return PlanBits<3, kGroup>(hd, group, record_bytes, plan);
+    case 4: return PlanBits<4, kGroup>(hd, group, record_bytes, plan);
+    case 8: return PlanBits<8, kGroup>(hd, group, record_bytes, plan);
+    default: return false;
+  }
+}
+
+// Plans a fused read of `codec`'s records; false: use the scalar reader.
+inline bool PlanFused(const codec::Codec& codec, int hd, FusedPlan& plan) {
+#if HWY_TARGET == HWY_SCALAR
+  (void)codec, (void)hd, (void)plan;
+  return false;  // one-lane vectors: the codec's scalar path is as good
+#else
+  const codec::CodecSpec& s = codec.spec();
+  bool ok = false;
+  if (s.kind == codec::CodecKind::Mse) {
+    ok = PlanKind<false>(s.bits, hd, hd, codec.record_bytes(), plan);
+  } else if (s.kind == codec::CodecKind::Group) {
+    ok = PlanKind<true>(s.bits, hd, s.effective_group(), codec.record_bytes(), plan);
+  }
+  if (!ok) return false;
+  plan.group = s.kind == codec::CodecKind::Group ? s.effective_group() : hd;
+  plan.index_offset = codec.layout().index_offset;
+  plan.record_bytes = codec.record_bytes();
+  return true;
+#endif
+}
+
+// Query heads are taken in pieces of 4, 2, 1 (GQA 8 is two pieces of 4: 16
+// accumulators already fill half the AVX-512 registers): log2 of the next piece.
+inline int HeadPiece(int rest) { return rest >= 4 ? 2 : rest >= 2 ? 1 : 0; }
+
+// natural[p] = the natural element index of chunk-order position p, (hd).
+inline void NaturalIndices(const FusedPlan& plan, int hd, int* natural) {
+  for (int c = 0; c < hd; c += plan.chunk) {
+    for (int k = 0; k < plan.sub; ++k) {
+      for (int l = 0; l < plan.lanes; ++l) natural[c + k * plan.lanes + l] = c + l * plan.sub + k;
+    }
+  }
+}
+
+inline void FillTable(const codec::Codec& codec, float* table) {
+  const auto c = codec.codebook()->centroids();
+  std::fill(table, table + kTableFloats, 0.0f);
+  std::copy(c.begin(), c.end(), table);
+}
+
+// Raw dots against FP16 rows or through the codec's scalar reference.
+//   q: (n_q, hd) natural order   dots: (n_q, kBlock)
+inline void ScoreScalar(const StreamSource& src, int hd, int n_q, int p0, int nb, const float* q,
+                        const float* q_sketch, float* dots) {
+  for (int r = 0; r < nb; ++r) {
+    const int p = p0 + r;
+    for (int j = 0; j < n_q; ++j) {
+      const float* qj = q + size_t(j) * hd;
+      float dot = 0.0f;
+      if (src.read == StreamRead::Dense) {
+        const fp16_t* row = src.rows + size_t(p) * hd;
+        for (int i = 0; i < hd; ++i) dot += qj[i] * fp16_to_f32(row[i]);
+      } else {
+        dot = src.codec->dot_rotated(qj, q_sketch ? q_sketch + size_t(j) * hd : nullptr,
+                                     src.records + size_t(p) * src.codec->record_bytes());
+      }
+      dots[j * kBlock + r] = dot;
+    }
+  }
+}
+
+//   w: (n_q, kBlock)   o: (n_q, hd) natural order   tmp: (hd)
+inline void AccumulateScalar(const StreamSource& src, int hd, int n_q, int p0, int nb, const float* w, float* o,
+                             float* tmp) {
+  for (int r = 0; r < nb; ++r) {
+    const int p = p0 + r;
+    if (src.read == StreamRead::Dense) {
+      const fp16_t* row = src.rows + size_t(p) * hd;
+      for (int i = 0; i < hd; ++i) tmp[i] = fp16_to_f32(row[i]);
+    } else {
+      src.codec->decode_rotated(src.records + size_t(p) * src.codec->record_bytes(), tmp);
+    }
+    for (int j = 0; j < n_q; ++j) {
+      const float wj = w[j * kBlock + r];
+      float* oj = o + size_t(j) * hd;
+      for (int i = 0; i < hd; ++i) oj[i] += wj * tmp[i];
+    }
+  }
+}
+
+// Blocked online softmax over [job.begin, job.end); kFast selects the fused
+// SIMD readers and the vectorized exp where they apply.
+template <bool kFast>
+void AttendChunkT(const ChunkJob& job, float* work) {
+  const int hd = job.head_dim, nq = job.n_q;
+  float* qp = work;                                   // (kMaxJobHeads, hd) chunk-order query
+  float* op = qp + size_t(kMaxJobHeads) * hd;         // (kMaxJobHeads, hd) chunk-order output
+  float* sc = op + size_t(kMaxJobHeads) * hd;         // (kMaxJobHeads, kBlock) scores, then weights
+  float* ktab = sc + size_t(kMaxJobHeads) * kBlock;   // (kTableFloats)
+  float* vtab = ktab + kTableFloats;                  // (kTableFloats)
+  float* tmp = vtab + kTableFloats;                   // (hd)
+
+  FusedPlan kp, vp;
+  const bool k_fused = kFast && job.keys.read == StreamRead::Fused && PlanFused(*job.keys.codec, hd, kp);
+  const bool v_fused = kFast && job.values.read == StreamRead::Fused && PlanFused(*job.values.codec, hd, vp);
+  int natural[codec::kMaxDim];
+  if (k_fused) {
+    FillTable(*job.keys.codec, ktab);
+    NaturalIndices(kp, hd, natural);
+    for (int j = 0; j < nq; ++j) {
+      for (int p = 0; p < hd; ++p) qp[size_t(j) * hd + p] = job.q[size_t(j) * hd + natural[p]];
+    }
+  }
+  if (v_fused) FillTable(*job.values.codec, vtab);
+  float* o = v_fused ? op : job.o;
+  std::fill(o, o + size_t(nq) * hd, 0.0f);
+  for (int j = 0; j < nq; ++j) {
+    job.m[j] = -std::numeric_limits<float>::infinity();
+    job.d[j] = 0.0f;
+  }
+
+  const hn::ScalableTag<float> df;
+  const int NF = int(hn::Lanes(df));
+  for (int p0 = job.begin; p0 < job.end; p0 += kBlock) {
+    const int nb = std::min(kBlock, job.end - p0);
+    // Scores.
+    if (k_fused) {
+      const uint8_t* rec = job.keys.records + size_t(p0) * kp.record_bytes;
+      for (int j0 = 0; j0 < nq;) {
+        const int piece = HeadPiece(nq - j0);
+        kp.score[piece](rec, kp.record_bytes, kp.index_offset, nb, hd, kp.group, qp + size_t(j0) * hd, ktab,
+                        sc + j0 * kBlock);
+        j0 += 1 << piece;
+      }
+    } else {
+      ScoreScalar(job.keys, hd, nq, p0, nb, job.q, job.q_sketch, sc);
+    }
+    // Online softmax: scale, raise the max, weights w = exp(s - m).
+    for (int j = 0; j < nq; ++j) {
+      float* s = sc + j * kBlock;
+      const float shift = job.shift ? job.shift[j] : 0.0f;
+      float block_max = -std::numeric_limits<float>::infinity();
+      int r0 = 0;
+      if constexpr (kFast) {
+        const auto vscale = hn::Set(df, job.scale), vshift = hn::Set(df, shift);
+        auto vmax = hn::Set(df, block_max);
+        for (; r0 + NF <= nb; r0 += NF) {
+          const auto v = hn::Mul(hn::Add(hn::LoadU(df, s + r0), vshift), vscale);
+          hn::StoreU(v, df, s + r0);
+          vmax = hn::Max(vmax, v);
+        }
+        block_max = hn::GetLane(hn::MaxOfLanes(df, vmax));
+      }
+      for (int r = r0; r < nb; ++r) {
+        s[r] = job.scale * (s[r] + shift);
+        block_max = std::max(block_max, s[r]);
+      }
+      if (block_max > job.m[j]) {
+        const float correction = std::exp(job.m[j] - block_max);  // 0 for an empty state
+        job.d[j] *= correction;
+        float* oj = o + size_t(j) * hd;
+        for (int i = 0; i < hd; ++i) oj[i] *= correction;
+        job.m[j] = block_max;
+      }
+      const float m = job.m[j];
+      float sum = 0.0f;
+      if constexpr (kFast) {
+        int r = 0;
+        for (; r + NF <= nb; r += NF) {
+          const auto w = hn::Exp(df, hn::Sub(hn::LoadU(df, s + r), hn::Set(df, m)));
+          hn::StoreU(w, df, s + r);
+          sum += hn::GetLane(hn::SumOfLanes(df, w));
+        }
+        for (; r < nb; ++r) { s[r] = std::exp(s[r] - m); sum += s[r]; }
+      } else {
+        for (int r = 0; r < nb; ++r) { s[r] = std::exp(s[r] - m); sum += s[r]; }
+      }
+      job.d[j] += sum;
+    }
+    // Values.
+    if (v_fused) {
+      const uint8_t* rec = job.values.records + size_t(p0) * vp.record_bytes;
+      for (int j0 = 0; j0 < nq;) {
+        const int piece = HeadPiece(nq - j0);
+        vp.accumulate[piece](rec, vp.record_bytes, vp.index_offset, nb, hd, vp.group, sc + j0 * kBlock, vtab,
+                             op + size_t(j0) * hd);
+        j0 += 1 << piece;
+      }
+    } else {
+      AccumulateScalar(job.values, hd, nq, p0, nb, sc, job.o, tmp);
+    }
+  }
+  if (v_fused) {
+    NaturalIndices(vp, hd, natural);
+    for (int j = 0; j < nq; ++j) {
+      for (int p = 0; p < hd; ++p) job.o[size_t(j) * hd + natural[p]] = op[size_t(j) * hd + p];
+    }
+  }
+}
+
+inline void AttendChunkFast(const ChunkJob& job, float* work) { AttendChunkT<true>(job, work); }
+
+// This target's kernel (the dispatch table returns it once per call).
+inline AttendChunkFn ChooseAttendChunk() { return &AttendChunkFast; }
+
+}  // namespace HWY_NAMESPACE
+}  // namespace turbokv::kv::detail
+HWY_AFTER_NAMESPACE();
+
+#endif  // per-target include guard

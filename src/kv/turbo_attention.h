@@ -1,0 +1,97 @@
+// Decode attention fused over compressed KV records (the TurboQuant cache's
+// kernel; turbo_cache.h describes the math, codec/format.h the records).
+//
+// A job is one (kv head, range of encoded positions) with the n_q query heads
+// that read that kv head (GQA): it returns one FlashInfer-style partial
+// softmax state {m, d, o} per query head, which the cache merges across
+// ranges (online_softmax.h). Per block of 64 positions:
+//   scores  s_j(t) = scale * (<q_j, k̂(t)> + shift_j), straight from the packed
+//           indices: 2/3/4/8-bit indices are widened to 32-bit lanes in
+//           registers and expanded to centroid values with a lane permute
+//           (TableLookupLanes: the whole 4-bit codebook sits in one AVX-512
+//           register), then FMA'd with every query head of the group, so each
+//           record is unpacked once per group; mse multiplies each dot by the
+//           record's norm, group scales lanes by their group's scale (one
+//           permute of the record's fp16 scales per chunk). Dots of 4
+//           (record, head) pairs are reduced together.
+//   softmax one online-softmax update per block (vectorized exp).
+//   values  o_j += w_j(t) v̂(t), expanded the same way, the output vectors held
+//           in registers across the block; the norm / group scale is folded
+//           into the weights, which the FMAs broadcast from memory.
+// No float copy of a key or value is made. The fused kernels keep queries and
+// outputs in the order the packed bytes unpack in (a fixed permutation inside
+// every E-element chunk, E = lanes * 8 / bits, 8 * lanes at 3 bits); it is
+// undone once per job. Cost per position: 2 * n_q * d FMAs plus O(d) index
+// expansions, reading one record per stream (e.g. 2 + d/2 bytes for mse4).
+//
+// Which layouts are fused (StreamRead::Fused, checked again per instruction
+// set): mse and group at 2, 3, 4 and 8 bits, when the head size is a multiple
+// of E for some vector length >= 4 (and, for group, d / G <= lanes and a
+// record of >= 2 * lanes bytes). prod and affine, other bit widths and the
+// shapes that do not chunk (e.g. 3 bits at head size 80) use the codec's
+// scalar dot_rotated / decode_rotated (StreamRead::Codec): correct, not fast.
+//
+// The scalar reference attend_chunk_reference computes the same states with
+// the codec's dot_rotated/decode_rotated in natural order; kv tests compare
+// the two on odd sizes.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "codec/codec.h"
+#include "util/fp16.h"
+
+namespace turbokv::kv::detail {
+
+// How a job reads one stream over encoded positions.
+enum class StreamRead : uint8_t {
+  Fused,  // mse / group records read by the SIMD kernels
+  Codec,  // any codec through its scalar dot_rotated / decode_rotated
+  Dense,  // FP16 rows in the original space (turbo0v4 keys, turbo4v0 values)
+};
+
+struct StreamSource {
+  StreamRead read = StreamRead::Dense;
+  const codec::Codec* codec = nullptr;  // Fused, Codec
+  const uint8_t* records = nullptr;     // Fused, Codec: position 0; (pos, record_bytes)
+  const fp16_t* rows = nullptr;         // Dense: position 0; (pos, head_dim)
+};
+
+// Largest number of query heads per kv head a job takes (GQA ratio); the
+// cache splits larger groups.
+inline constexpr int kMaxJobHeads = 8;
+
+struct ChunkJob {
+  StreamSource keys, values;
+  int head_dim = 0;
+  int n_q = 0;                      // query heads, 1..kMaxJobHeads
+  int begin = 0, end = 0;           // positions [begin, end), end > begin
+  const float* q = nullptr;         // (n_q, head_dim) query in the key stream's space
+  const float* q_sketch = nullptr;  // (n_q, head_dim) prod keys only (Codec::sketch_query)
+  const float* shift = nullptr;     // (n_q) added to every dot before scaling; may be null
+  float scale = 1.0f;
+  // Outputs: the unnormalized partial state of each query head.
+  float* m = nullptr;               // (n_q) running max score
+  float* d = nullptr;               // (n_q) Σ exp(s - m)
+  float* o = nullptr;               // (n_q, head_dim) Σ exp(s - m) v̂, in the value stream's space
+};
+
+// Floats of per-thread work memory a job needs.
+size_t chunk_work_floats(int head_dim);
+
+// Whether the fused kernels read this codec's records for this head size
+// (on the instruction set chosen now; the scalar fallback is always valid).
+bool fused_layout_supported(const codec::Codec& codec);
+
+using AttendChunkFn = void (*)(const ChunkJob& job, float* work);
+
+// The kernel for the best instruction set of this CPU: chosen once per
+// attention call, not per job (STYLE rule 5).   work: (chunk_work_floats)
+AttendChunkFn select_attend_chunk();
+
+// Scalar reference: same blocked online softmax, codec reference dot/decode,
+// natural element order. The oracle for the fused kernels.
+void attend_chunk_reference(const ChunkJob& job, float* work);
+
+}  // namespace turbokv::kv::detail
