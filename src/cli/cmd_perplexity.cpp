@@ -37,6 +37,7 @@ struct PerplexityArgs {
   int threads = 0;
   std::vector<std::string> kv_schemes{std::string(kv::kDefaultScheme)};
   int batch = 512;
+  std::string kv_k, kv_v;  // --kv-k / --kv-v: one more scheme, "<k>/<v>" (the other side fp16)
   std::string mode;  // empty: single-scheme llama.cpp-style run unless --json/--plot/several schemes
   bool json = false;
   std::string plot_path;
@@ -74,7 +75,14 @@ class ProgressReporter {
   int next_pct_ = 0;
 };
 
-int run_perplexity(const PerplexityArgs& a) {
+int run_perplexity(PerplexityArgs a) {
+  if (!a.kv_k.empty() || !a.kv_v.empty()) {
+    // llama.cpp's -ctk/-ctv habit: separate key and value specs, fp16 where unset.
+    const std::string k = a.kv_k.empty() ? "fp16" : a.kv_k, v = a.kv_v.empty() ? "fp16" : a.kv_v;
+    const std::string name = k + "/" + v;
+    if (a.kv_schemes.size() == 1 && a.kv_schemes[0] == kv::kDefaultScheme) a.kv_schemes.clear();
+    a.kv_schemes.push_back(name);
+  }
   if (a.ctx < 4) throw Error("--ctx must be >= 4, got " + std::to_string(a.ctx));
   if (a.threads < 0) throw Error("-t/--threads must be >= 1, got " + std::to_string(a.threads));
   if (a.batch <= 0) throw Error("--batch must be >= 1, got " + std::to_string(a.batch));
@@ -173,6 +181,8 @@ const RegisterCommand kRegister{Command{
                      "KV cache scheme, or a comma-separated list to compare with fp16: " + kv::kv_scheme_list())
           ->delimiter(',')
           ->capture_default_str();
+      app.add_option("--kv-k", a->kv_k, "Key element spec (fp16, turbo4, group4g64, ...); with --kv-v, one scheme");
+      app.add_option("--kv-v", a->kv_v, "Value element spec (fp16, turbo4, ...)");
       app.add_option("--mode", a->mode, "Evaluator mode: deploy (two-phase, real decode path) or strict "
                                         "(compressed from the first token)");
       app.add_flag("--json", a->json, "Print the evaluator's results as JSON");

@@ -12,9 +12,9 @@
 namespace turbokv::cli {
 namespace {
 
-std::string describe(const kv::StreamSpec& s) {
+std::string describe(const kv::StreamSpec& s, int head_dim) {
   if (s.kind != kv::StreamKind::Codec) return s.name;
-  const auto& c = s.codec;
+  const codec::CodecSpec c = kv::SchemeSpec::resolve_codec(s, head_dim);
   std::string d = std::string(codec::codec_name(c.kind)) + " " + std::to_string(c.bits) + "-bit";
   if (c.kind == codec::CodecKind::Group || c.kind == codec::CodecKind::Affine) {
     d += " g" + std::to_string(c.effective_group());
@@ -29,19 +29,22 @@ int run_schemes(int head_dim, bool json, const std::vector<std::string>& names) 
   nlohmann::json rows = nlohmann::json::array();
   if (!json) {
     std::printf("KV cache schemes at head_dim %d (bits per element include every norm and scale;\n"
-                "calibrated schemes add 2 x head_dim fp32 values per layer and kv head)\n\n", head_dim);
+                "calibrated schemes add 2 x head_dim fp16 values per layer and kv head)\n\n", head_dim);
     std::printf("%-10s  %-16s  %-16s  %7s  %7s  %7s  %6s\n", "scheme", "keys", "values", "K bits", "V bits",
                 "avg", "vs f16");
   }
   for (const auto& name : names) {
     const kv::SchemeSpec spec = kv::parse_scheme(name);
-    const bool serves = spec.key.kind != kv::StreamKind::Codec || !codec::spec_problem(spec.key.codec, head_dim);
-    const bool serves_v = spec.value.kind != kv::StreamKind::Codec || !codec::spec_problem(spec.value.codec, head_dim);
+    auto serves_stream = [&](const kv::StreamSpec& st) {
+      return st.kind != kv::StreamKind::Codec ||
+             !codec::spec_problem(kv::SchemeSpec::resolve_codec(st, head_dim), head_dim);
+    };
+    const bool serves = serves_stream(spec.key), serves_v = serves_stream(spec.value);
     const double kb = kv::SchemeSpec::stream_bits(spec.key, head_dim);
     const double vb = kv::SchemeSpec::stream_bits(spec.value, head_dim);
     const double avg = 0.5 * (kb + vb);
     if (json) {
-      nlohmann::json r = {{"scheme", name}, {"keys", describe(spec.key)}, {"values", describe(spec.value)},
+      nlohmann::json r = {{"scheme", name}, {"keys", describe(spec.key, head_dim)}, {"values", describe(spec.value, head_dim)},
                           {"head_dim", head_dim}, {"supported", serves && serves_v}};
       if (serves && serves_v) {
         r["key_bits"] = kb;
@@ -51,11 +54,11 @@ int run_schemes(int head_dim, bool json, const std::vector<std::string>& names) 
       }
       rows.push_back(r);
     } else if (!(serves && serves_v)) {
-      std::printf("%-10s  %-16s  %-16s  cannot serve head_dim %d\n", name.c_str(), describe(spec.key).c_str(),
-                  describe(spec.value).c_str(), head_dim);
+      std::printf("%-10s  %-16s  %-16s  cannot serve head_dim %d\n", name.c_str(), describe(spec.key, head_dim).c_str(),
+                  describe(spec.value, head_dim).c_str(), head_dim);
     } else {
-      std::printf("%-10s  %-16s  %-16s  %7.3f  %7.3f  %7.3f  %5.2fx\n", name.c_str(), describe(spec.key).c_str(),
-                  describe(spec.value).c_str(), kb, vb, avg, 16.0 / avg);
+      std::printf("%-10s  %-16s  %-16s  %7.3f  %7.3f  %7.3f  %5.2fx\n", name.c_str(), describe(spec.key, head_dim).c_str(),
+                  describe(spec.value, head_dim).c_str(), kb, vb, avg, 16.0 / avg);
     }
   }
   if (json) {

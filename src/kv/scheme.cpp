@@ -24,10 +24,24 @@ bool parse_u64(std::string_view s, uint64_t& out) {
   throw Error("bad KV cache scheme '" + std::string(whole) + "': " + why + "\nvalid forms:\n" + scheme_forms());
 }
 
-// The codec that `turbo<B>` stands for. TurboQuant_mse with the sphere
-// codebook: one fp16 norm per vector, B-bit Lloyd–Max indices.
+// The codec that `turbo<B>` stands for, before the group is resolved for a
+// head size: rotated, B-bit Lloyd–Max indices with group scales, the encoder
+// searching the grid placement (see StreamSpec::turbo_group).
 codec::CodecSpec turbo_codec(int bits) {
-  return codec::CodecSpec{codec::CodecKind::Mse, bits, 0, codec::MseCodebook::Sphere};
+  codec::CodecSpec c{codec::CodecKind::Group, bits, 0, codec::MseCodebook::Sphere};
+  c.scale_search = true;
+  return c;
+}
+
+// Roles of the turbo streams in a scheme (see scheme.h).
+void set_turbo_roles(SchemeSpec& spec) {
+  if (spec.key.kind == StreamKind::Codec && spec.key.turbo_group > 0) {
+    spec.key.turbo_group = 64;
+    spec.key.codec.scale_rule = codec::ScaleRule::LeastSquares;
+  }
+  if (spec.value.kind == StreamKind::Codec && spec.value.turbo_group > 0) {
+    spec.value.turbo_group = spec.key.kind == StreamKind::Codec ? 128 : 16;
+  }
 }
 
 // Parses one element spec ("fp16", "turbo4", "group3g32", ...).
@@ -59,6 +73,7 @@ StreamSpec parse_element(std::string_view whole, std::string_view s) {
       bad(whole, "'" + std::string(s) + "': turbo bit widths are 2, 3, 4 and 8");
     }
     out.codec = turbo_codec(bits);
+    out.turbo_group = 64;  // set per role by set_turbo_roles
     return out;
   }
   if (!(with_bits("affine", codec::CodecKind::Affine) || with_bits("mse", codec::CodecKind::Mse) ||
@@ -108,6 +123,8 @@ void apply_option(std::string_view whole, SchemeSpec& spec, std::string_view opt
     (key == "kscale" ? spec.key : spec.value).codec.scale_rule = rule;
   } else if (key == "ksearch" || key == "vsearch") {
     flag((key == "ksearch" ? spec.key : spec.value).codec.scale_search);
+  } else if (key == "window") {
+    if (!parse_int(val, spec.window) || spec.window < 0) bad(whole, "window takes a non-negative token count");
   } else if (key == "seed") {
     if (!parse_u64(val, spec.seed)) bad(whole, "seed takes a non-negative integer");
   } else {
@@ -126,11 +143,27 @@ const char* calibration_name(Calibration c) {
   return "?";
 }
 
+codec::CodecSpec SchemeSpec::resolve_codec(const StreamSpec& s, int head_dim) {
+  codec::CodecSpec c = s.codec;
+  if (s.turbo_group > 0) {
+    if (head_dim % s.turbo_group == 0) {
+      c.group_size = s.turbo_group;
+    } else {
+      // One scale per vector: mse's layout with the same encoder rules
+      // (matched norm unless the role asks for least squares).
+      c.kind = codec::CodecKind::Mse;
+      c.group_size = 0;
+      if (c.scale_rule == codec::ScaleRule::Auto) c.scale_rule = codec::ScaleRule::MatchedNorm;
+    }
+  }
+  return c;
+}
+
 double SchemeSpec::stream_bits(const StreamSpec& s, int head_dim) {
   switch (s.kind) {
     case StreamKind::F32: return 32.0;
     case StreamKind::Fp16: return 16.0;
-    case StreamKind::Codec: return codec::bits_per_element(s.codec, head_dim);
+    case StreamKind::Codec: return codec::bits_per_element(resolve_codec(s, head_dim), head_dim);
   }
   return 0.0;
 }
@@ -142,7 +175,7 @@ std::string scheme_forms() {
          "                group<B>[g<G>], prod<B>\n"
          "  options:      <scheme>:<opt>:<opt>... with center=0|1, vcenter=0|1,\n"
          "                calib=none|key|query, rot=auto|hadamard|block|dense, seed=N, strict,\n"
-         "                kscale|vscale=auto|norm|matched|ls|unbiased, ksearch|vsearch=0|1";
+         "                kscale|vscale=auto|norm|matched|ls|unbiased, ksearch|vsearch=0|1, window=N";
 }
 
 std::vector<std::string> listed_schemes() {
@@ -185,6 +218,8 @@ SchemeSpec parse_scheme(std::string_view name) {
   } else {
     spec.key = spec.value = parse_element(name, base);
   }
+
+  set_turbo_roles(spec);
 
   if (colon != std::string_view::npos) {
     std::string_view opts = name.substr(colon + 1);

@@ -5,6 +5,13 @@
 //   turbo<K>v<V>                    K, V in {0, 2, 3, 4, 8}; 0 = FP16 (turbo0v4: FP16
 //                                   keys, 4-bit values)
 //   turbo<B>                        turbo<B>v<B>
+// What turbo<B> stores (chosen by the ablation in docs/RESULTS.md):
+//   keys     group B-bit, groups of 64, scale search, least-squares scale;
+//            mean-centred, query-calibrated (options below)
+//   values   group B-bit, groups of 128 when keys are compressed (so that
+//            turbo4 stays within 4.25 bits), groups of 16 under FP16 keys
+//            (turbo0v<B>, the seed's design); scale search, matched norm
+//   A head size the group does not divide gets one scale per vector.
 //   <kspec>/<vspec>                 any two element specs: fp16, f32, affine4, affine8,
 //                                   turbo<B>, mse<B>, group<B>[g<G>], prod<B>
 //   ...:<opt>[:<opt>...]            options (ablations and modes):
@@ -19,6 +26,8 @@
 //       kscale=, vscale=auto|norm|matched|ls|unbiased   how the key / value
 //                     encoder picks each stored norm or scale (codec ScaleRule)
 //       ksearch=, vsearch=0|1   least-squares search over grid placements
+//       window=N      keep the newest N tokens as FP16 and encode each token
+//                     once it is N tokens old (a residual window, as in KIVI)
 //       strict        compress from the first token (prefill included), as
 //                     llama.cpp's quantized caches do; default is two-phase
 //
@@ -40,8 +49,12 @@ enum class StreamKind : uint8_t { F32 = 0, Fp16 = 1, Codec = 2 };
 // How one of the two streams (keys or values) is stored.
 struct StreamSpec {
   StreamKind kind = StreamKind::Fp16;
-  codec::CodecSpec codec{};  // when kind == Codec
+  codec::CodecSpec codec{};  // when kind == Codec (for turbo<B>, before resolve_codec)
   std::string name;          // the element spec as written: "fp16", "turbo4", "group4g32"...
+  // turbo<B> streams: the preferred group size. The codec is resolved per
+  // head size (resolve_codec): `group` with this group where it divides the
+  // head size, else one scale per vector (`mse` with the same encoder rules).
+  int turbo_group = 0;
   bool operator==(const StreamSpec& o) const {
     return kind == o.kind && (kind != StreamKind::Codec || codec == o.codec);
   }
@@ -59,6 +72,7 @@ struct SchemeSpec {
   codec::RotationKind rotation = codec::RotationKind::Auto;
   uint64_t seed = 0x74757262'6f6b7631ull;  // "turbokv1"
   bool strict = false;
+  int window = 0;  // the newest `window` tokens stay FP16 (encoded once older)
 
   bool is_dense() const {  // served by DenseKvCache
     return key.kind != StreamKind::Codec && value.kind != StreamKind::Codec && key == value;
@@ -66,6 +80,8 @@ struct SchemeSpec {
   // Stored bits per element of one stream at this head size (records and
   // dense elements only; per-head calibration state is counted by the cache).
   static double stream_bits(const StreamSpec& s, int head_dim);
+  // The codec a codec stream uses at this head size.
+  static codec::CodecSpec resolve_codec(const StreamSpec& s, int head_dim);
 };
 
 // Parses a scheme name; throws Error naming the bad part and listing the
