@@ -169,7 +169,9 @@ TEST_F(RealModel, DefaultSchemesKeepTheirQuality) {
   const auto r = eval::evaluate(*model_, tokens, tok_->bos(), o, pool);
   ASSERT_EQ(r.results.size(), 5u);
   auto kld = [&](const std::string& s) {
-    for (const auto& x : r.results) if (x.scheme == s) return x.kld_mean;
+    for (const auto& x : r.results) {
+      if (x.scheme == s) return x.kld_mean;
+    }
     ADD_FAILURE() << s;
     return 1.0;
   };
@@ -181,8 +183,12 @@ TEST_F(RealModel, DefaultSchemesKeepTheirQuality) {
   // turbo4 beats MLX-style affine4 at fewer bits.
   EXPECT_LT(kld("turbo4"), kld("affine4"));
   for (const auto& x : r.results) {
-    if (x.scheme == "turbo4") EXPECT_LE(x.bits_per_element, 4.25);
-    if (x.scheme == "turbo3") EXPECT_LE(x.bits_per_element, 3.25);
+    if (x.scheme == "turbo4") {
+      EXPECT_LE(x.bits_per_element, 4.25);
+    }
+    if (x.scheme == "turbo3") {
+      EXPECT_LE(x.bits_per_element, 3.25);
+    }
   }
 }
 
