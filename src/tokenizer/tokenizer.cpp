@@ -89,6 +89,27 @@ void merge_symbols(std::vector<Symbol>& symbols, int32_t left, int32_t right) {
   if (r.next >= 0) symbols[static_cast<size_t>(r.next)].prev = left;
 }
 
+// The merge loop shared by SentencePiece (highest score first) and BPE
+// (lowest rank first), as llama.cpp runs both: queue every adjacent pair,
+// then repeatedly merge the best one, skip entries made stale by earlier
+// merges, and queue the merged symbol's new neighbours.
+template <typename Bigram, typename Less, typename TryAdd>
+void merge_best_bigrams(std::vector<Symbol>& symbols, std::vector<Bigram>& heap, Less lower_priority,
+                        TryAdd&& try_add_bigram) {
+  for (size_t i = 1; i < symbols.size(); ++i) try_add_bigram(static_cast<int32_t>(i - 1), static_cast<int32_t>(i));
+  while (!heap.empty()) {
+    std::pop_heap(heap.begin(), heap.end(), lower_priority);
+    const Bigram b = heap.back();
+    heap.pop_back();
+    const Symbol& l = symbols[static_cast<size_t>(b.left)];
+    const Symbol& r = symbols[static_cast<size_t>(b.right)];
+    if (l.n == 0 || r.n == 0 || l.n + r.n != b.size) continue;
+    merge_symbols(symbols, b.left, b.right);
+    try_add_bigram(symbols[static_cast<size_t>(b.left)].prev, b.left);
+    try_add_bigram(b.left, symbols[static_cast<size_t>(b.left)].next);
+  }
+}
+
 }  // namespace
 
 struct Tokenizer::SpmScratch {
@@ -383,18 +404,7 @@ void Tokenizer::encode_spm_segment(std::string_view text, std::vector<int32_t>& 
     std::push_heap(heap.begin(), heap.end(), lower_priority);
   };
 
-  for (size_t i = 1; i < symbols.size(); ++i) try_add_bigram(static_cast<int32_t>(i - 1), static_cast<int32_t>(i));
-  while (!heap.empty()) {
-    std::pop_heap(heap.begin(), heap.end(), lower_priority);
-    const SpmBigram b = heap.back();
-    heap.pop_back();
-    const Symbol& l = symbols[static_cast<size_t>(b.left)];
-    const Symbol& r = symbols[static_cast<size_t>(b.right)];
-    if (l.n == 0 || r.n == 0 || l.n + r.n != b.size) continue;
-    merge_symbols(symbols, b.left, b.right);
-    try_add_bigram(symbols[static_cast<size_t>(b.left)].prev, b.left);
-    try_add_bigram(b.left, symbols[static_cast<size_t>(b.left)].next);
-  }
+  merge_best_bigrams(symbols, heap, lower_priority, try_add_bigram);
 
   // Every merged symbol is a token (pairs are only queued if they are), so
   // llama.cpp's resegment() reduces to: the token, else byte fallback.
@@ -458,18 +468,7 @@ void Tokenizer::encode_bpe_word(std::string_view word, std::vector<int32_t>& out
     std::push_heap(heap.begin(), heap.end(), lower_priority);
   };
 
-  for (size_t i = 1; i < symbols.size(); ++i) try_add_bigram(static_cast<int32_t>(i - 1), static_cast<int32_t>(i));
-  while (!heap.empty()) {
-    std::pop_heap(heap.begin(), heap.end(), lower_priority);
-    const BpeBigram b = heap.back();
-    heap.pop_back();
-    const Symbol& l = symbols[static_cast<size_t>(b.left)];
-    const Symbol& r = symbols[static_cast<size_t>(b.right)];
-    if (l.n == 0 || r.n == 0 || l.n + r.n != b.size) continue;
-    merge_symbols(symbols, b.left, b.right);
-    try_add_bigram(symbols[static_cast<size_t>(b.left)].prev, b.left);
-    try_add_bigram(b.left, symbols[static_cast<size_t>(b.left)].next);
-  }
+  merge_best_bigrams(symbols, heap, lower_priority, try_add_bigram);
 
   for (int32_t i = 0; !symbols.empty() && i != -1; i = symbols[static_cast<size_t>(i)].next) {
     const Symbol& s = symbols[static_cast<size_t>(i)];
