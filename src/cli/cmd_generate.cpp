@@ -15,6 +15,7 @@
 #include "io/gguf.h"
 #include "kv/cache_file.h"
 #include "kv/registry.h"
+#include "kv/scheme.h"
 #include "model/generate.h"
 #include "model/model.h"
 #include "model/sampling.h"
@@ -102,7 +103,7 @@ int run_generate(GenerateArgs a) {
   if (!a.kv_k.empty() || !a.kv_v.empty()) {
     // llama.cpp's -ctk/-ctv habit: the scheme "<k>/<v>".
     if (a.kv_scheme != kv::kDefaultScheme) throw Error("--kv cannot be combined with --kv-k/--kv-v");
-    a.kv_scheme = (a.kv_k.empty() ? std::string("fp16") : a.kv_k) + "/" + (a.kv_v.empty() ? std::string("fp16") : a.kv_v);
+    a.kv_scheme = kv::scheme_name(a.kv_k, a.kv_v);
   }
   auto model = model::Model::load(a.model_path);
   const auto& cfg = model->config();

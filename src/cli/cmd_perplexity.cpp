@@ -18,6 +18,7 @@
 #include "eval/evaluator.h"
 #include "io/gguf.h"
 #include "kv/registry.h"
+#include "kv/scheme.h"
 #include "model/model.h"
 #include "model/perplexity.h"
 #include "tokenizer/tokenizer.h"
@@ -78,8 +79,7 @@ class ProgressReporter {
 int run_perplexity(PerplexityArgs a) {
   if (!a.kv_k.empty() || !a.kv_v.empty()) {
     // llama.cpp's -ctk/-ctv habit: separate key and value specs, fp16 where unset.
-    const std::string k = a.kv_k.empty() ? "fp16" : a.kv_k, v = a.kv_v.empty() ? "fp16" : a.kv_v;
-    const std::string name = k + "/" + v;
+    const std::string name = kv::scheme_name(a.kv_k, a.kv_v);
     if (a.kv_schemes.size() == 1 && a.kv_schemes[0] == kv::kDefaultScheme) a.kv_schemes.clear();
     a.kv_schemes.push_back(name);
   }

@@ -235,8 +235,12 @@ SchemeSpec parse_scheme(std::string_view name) {
   return spec;
 }
 
+std::string scheme_name(std::string_view key_spec, std::string_view value_spec) {
+  return std::string(key_spec.empty() ? "fp16" : key_spec) + "/" + std::string(value_spec.empty() ? "fp16" : value_spec);
+}
+
 SchemeSpec parse_scheme(std::string_view key_spec, std::string_view value_spec) {
-  return parse_scheme(std::string(key_spec) + "/" + std::string(value_spec));
+  return parse_scheme(scheme_name(key_spec, value_spec));
 }
 
 }  // namespace turbokv::kv

@@ -87,7 +87,10 @@ struct SchemeSpec {
 // Parses a scheme name; throws Error naming the bad part and listing the
 // valid forms.
 SchemeSpec parse_scheme(std::string_view name);
-// Builds a scheme from separate key and value element specs (--kv-k/--kv-v).
+// The scheme name of separate key and value element specs (--kv-k/--kv-v):
+// "<k>/<v>", with fp16 for a side left empty (llama.cpp's -ctk/-ctv default).
+std::string scheme_name(std::string_view key_spec, std::string_view value_spec);
+// Builds a scheme from separate key and value element specs.
 SchemeSpec parse_scheme(std::string_view key_spec, std::string_view value_spec);
 
 // The valid forms, for help texts and errors.

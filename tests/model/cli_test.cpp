@@ -8,29 +8,16 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+
+#include "support/run_cli.h"
 #include <string>
 
 namespace {
 
-struct RunResult {
-  int status;
-  std::string out, err;
-};
-
-std::string slurp(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+using RunResult = turbokv::testing::CliResult;
 
 RunResult run(const std::string& args) {
-  const auto dir = std::filesystem::path(::testing::TempDir());
-  const std::string out = (dir / ("turbokv_cli_out_" + std::to_string(::getpid()) + ".txt")).string(),
-                    err = (dir / ("turbokv_cli_err_" + std::to_string(::getpid()) + ".txt")).string();
-  const std::string cmd = std::string("'") + TURBOKV_BINARY + "' " + args + " >'" + out + "' 2>'" + err + "'";
-  const int rc = std::system(cmd.c_str());
-  return {WIFEXITED(rc) ? WEXITSTATUS(rc) : -1, slurp(out), slurp(err)};
+  return turbokv::testing::run_cli(TURBOKV_BINARY, args, ::testing::TempDir());
 }
 
 TEST(Cli, GenerateGreedyPrintsOnlyPromptAndContinuation) {

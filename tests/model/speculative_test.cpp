@@ -4,6 +4,8 @@
 // sampled acceptance rule keeps the target's distribution; the CLI flags.
 #include <unistd.h>
 
+#include "support/run_cli.h"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -306,23 +308,11 @@ INSTANTIATE_TEST_SUITE_P(AllSchemes, RealSpeculative, ::testing::ValuesIn(kSchem
 
 // ---- the CLI ----
 
-struct CliResult {
-  int status;
-  std::string out, err;
-};
-
-std::string slurp(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+using testing::CliResult;
+using testing::slurp;
 
 CliResult cli(const std::string& args) {
-  const std::string out = temp_path("cli_out.txt"), err = temp_path("cli_err.txt");
-  const std::string cmd = std::string("'") + TURBOKV_BINARY + "' " + args + " >'" + out + "' 2>'" + err + "'";
-  const int rc = std::system(cmd.c_str());
-  return {WIFEXITED(rc) ? WEXITSTATUS(rc) : -1, slurp(out), slurp(err)};
+  return testing::run_cli(TURBOKV_BINARY, args, ::testing::TempDir());
 }
 
 const std::string kPrompt = "-p 'It was a dark and stormy night' --temp 0 -t 2 ";
