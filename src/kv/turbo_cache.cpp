@@ -108,6 +108,7 @@ TurboKvCache::TurboKvCache(const SchemeSpec& spec, const CacheShape& shape)
   }
   calib_.resize(size_t(nl));
   n_encoded_.assign(size_t(nl), 0);
+  staged_base_.assign(size_t(nl), 0);
 }
 
 TurboKvCache::~TurboKvCache() = default;
@@ -242,6 +243,7 @@ void TurboKvCache::encode_staged(int layer, ThreadPool& pool) {
   if (!calib_[size_t(layer)].done) calibrate(layer);
   const Calib& c = calib_[size_t(layer)];
   const int count = last - first;
+  const int base = staged_base_[size_t(layer)];  // position of staged row 0
   const size_t items = size_t(nkv) * size_t(count);
   parallel_checked(pool, items, 16, [&](size_t b, size_t e, int) {
     float x[codec::kMaxDim], xr[codec::kMaxDim];
@@ -250,7 +252,7 @@ void TurboKvCache::encode_staged(int layer, ThreadPool& pool) {
       const codec::Rotation& rot = rotations_[size_t(layer) * nkv + g];
       for (Stream* st : {keys_.get(), values_.get()}) {
         if (!st->is_codec()) continue;
-        const fp16_t* src = st->staged_of(layer, g).data() + size_t(p) * hd;
+        const fp16_t* src = st->staged_of(layer, g).data() + size_t(first - base + p) * hd;
         const bool is_key = st == keys_.get();
         const float* mean = (is_key ? c.key_mean : c.value_mean).data() + size_t(g) * hd;
         const float* scale = is_key ? c.key_scale.data() + size_t(g) * hd : nullptr;
@@ -264,16 +266,8 @@ void TurboKvCache::encode_staged(int layer, ThreadPool& pool) {
       }
     }
   });
-  for (Stream* st : {keys_.get(), values_.get()}) {
-    if (!st->is_codec()) continue;
-    for (int g = 0; g < nkv; ++g) {
-      auto& staged = st->staged_of(layer, g);
-      staged.erase(staged.begin(), staged.begin() + ptrdiff_t(count) * hd);  // what remains: the window
-      // Release a prompt-sized staging buffer; keep a small one so that
-      // decoding (one token at a time) does not allocate.
-      if (staged.capacity() > size_t(64 + 2 * spec_.window) * hd) staged.shrink_to_fit();
-    }
-  }
+  // The raw rows stay until end_batch(): with a window, earlier tokens of
+  // this batch still read some of the positions just encoded as raw.
   n_encoded_[size_t(layer)] = last;
   if (layer == 0) tokens_encoded_ += count;
 }
@@ -407,20 +401,26 @@ void TurboKvCache::prepare_queries(int layer, int t, int g, const float* q) {
   }
 }
 
-// Splits each (token, kv head)'s encoded positions into at most c chunks, c
-// chosen so a call has about kTargetJobs jobs whatever the batch: enough to
-// keep every thread busy on one decode token, few enough that merging costs
-// nothing. The split depends on the batch and the cache contents only, not on
-// the thread count, so results do not change with -t.
+// Splits each (token, kv head)'s encoded positions into at most c chunks:
+// enough jobs (about kTargetJobs) to keep every thread busy on one decode
+// token, few enough that merging costs nothing. The split never depends on
+// the thread count, so results do not change with -t. For batches of up to
+// kMaxVerifyBatch tokens (decode steps, speculative verification) it depends
+// on each token's encoded length alone, not on the batch: a token verified
+// with k others gets bit for bit the attention it gets decoded alone, which
+// greedy speculative decoding needs. Larger batches (strict-mode prefill)
+// split coarser, c shrinking with the batch, to bound the jobs' memory.
 void TurboKvCache::plan_jobs(int layer) {
   constexpr int kTargetJobs = 64;
+  constexpr int kMaxVerifyBatch = 16;
   constexpr int kMinChunk = 256;  // positions; a multiple of the kernels' 64-position block
   const int hd = shape_.head_dim, nkv = shape_.n_kv_head;
   const int group = shape_.n_head / nkv;
   const int pieces = (group + detail::kMaxJobHeads - 1) / detail::kMaxJobHeads;
   const size_t items = size_t(batch_n_) * nkv;
   const size_t work_items = items * size_t(pieces);
-  const int max_chunks = int(std::max<size_t>(1, (kTargetJobs + work_items - 1) / work_items));
+  const size_t split_items = batch_n_ <= kMaxVerifyBatch ? size_t(nkv) * size_t(pieces) : work_items;
+  const int max_chunks = int(std::max<size_t>(1, (kTargetJobs + split_items - 1) / split_items));
   // Upper bound of this call's jobs and states, so that decoding stops
   // allocating after its first step.
   const size_t job_bound = work_items * size_t(max_chunks);
@@ -430,9 +430,8 @@ void TurboKvCache::plan_jobs(int layer) {
   item_jobs_.resize(items + 1);
   jobs_.clear();
   size_t offset = 0;
-  const int n_encoded = n_encoded_[size_t(layer)];
   for (int t = 0; t < batch_n_; ++t) {
-    const int n_enc = std::min(n_encoded, n_tokens_ + t + 1);
+    const int n_enc = encoded_for(layer, t);
     const int per = (n_enc + max_chunks - 1) / max_chunks;
     const int len = std::max(kMinChunk, (per + 63) / 64 * 64);
     for (int g = 0; g < nkv; ++g) {
@@ -450,12 +449,18 @@ void TurboKvCache::plan_jobs(int layer) {
   TKV_ASSERT(offset <= job_states_.size(), "job states out of range");
 }
 
+int TurboKvCache::encoded_for(int layer, int t) const {
+  const int n_pos = n_tokens_ + t + 1;
+  return std::min(n_encoded_[size_t(layer)], std::max(staged_base_[size_t(layer)], n_pos - spec_.window));
+}
+
 void TurboKvCache::attend_item(int layer, int t, int g, const float* q, float* out, float scale,
                                Scratch& s) const {
   const int hd = shape_.head_dim, nh = shape_.n_head, nkv = shape_.n_kv_head;
   const int group = nh / nkv;
   const int n_pos = n_tokens_ + t + 1;  // causal: positions [0, n_tokens + t]
-  const int n_enc = std::min(n_encoded_[size_t(layer)], n_pos);
+  const int n_enc = encoded_for(layer, t);
+  const int base = staged_base_[size_t(layer)];  // position of staged row 0
   const Stream& K = *keys_;
   const Stream& V = *values_;
   const size_t head = size_t(layer) * nkv + g;
@@ -515,7 +520,7 @@ void TurboKvCache::attend_item(int layer, int t, int g, const float* q, float* o
       float* sc = s.scores.data();
       float mr = -INFINITY;
       for (int p = n_enc; p < n_pos; ++p) {
-        const fp16_t* kr = K.is_codec() ? k_staged->data() + size_t(p - n_enc) * hd : K.dense_row(layer, g, p);
+        const fp16_t* kr = K.is_codec() ? k_staged->data() + size_t(p - base) * hd : K.dense_row(layer, g, p);
         float dot = 0;
         for (int i = 0; i < hd; ++i) dot += qh[i] * fp16_to_f32(kr[i]);
         sc[p - n_enc] = scale * dot;
@@ -527,7 +532,7 @@ void TurboKvCache::attend_item(int layer, int t, int g, const float* q, float* o
       for (int p = n_enc; p < n_pos; ++p) {
         const float w = std::exp(sc[p - n_enc] - mr);
         dr += w;
-        const fp16_t* vr = V.is_codec() ? v_staged->data() + size_t(p - n_enc) * hd : V.dense_row(layer, g, p);
+        const fp16_t* vr = V.is_codec() ? v_staged->data() + size_t(p - base) * hd : V.dense_row(layer, g, p);
         for (int i = 0; i < hd; ++i) oraw[i] += w * fp16_to_f32(vr[i]);
       }
       const float m_new = std::max(m, mr);
@@ -542,6 +547,23 @@ void TurboKvCache::attend_item(int layer, int t, int g, const float* q, float* o
 
 void TurboKvCache::end_batch() {
   TKV_ASSERT(batch_n_ > 0, "end_batch without begin_batch");
+  // Drop the raw rows of positions encoded in this batch.
+  const int hd = shape_.head_dim;
+  for (int l = 0; l < shape_.n_layer; ++l) {
+    const int drop = n_encoded_[size_t(l)] - staged_base_[size_t(l)];
+    if (drop == 0) continue;
+    for (Stream* st : {keys_.get(), values_.get()}) {
+      if (!st->is_codec()) continue;
+      for (int g = 0; g < shape_.n_kv_head; ++g) {
+        auto& staged = st->staged_of(l, g);
+        staged.erase(staged.begin(), staged.begin() + ptrdiff_t(drop) * hd);  // what remains: the window
+        // Release a prompt-sized staging buffer; keep a small one so that
+        // decoding (one token at a time) does not allocate.
+        if (staged.capacity() > size_t(64 + 2 * spec_.window) * hd) staged.shrink_to_fit();
+      }
+    }
+    staged_base_[size_t(l)] = n_encoded_[size_t(l)];
+  }
   n_tokens_ += batch_n_;
   batch_n_ = -1;
 }
@@ -556,6 +578,7 @@ void TurboKvCache::trim(int n) {
   for (int l = 0; l < shape_.n_layer; ++l) {
     int& enc = n_encoded_[size_t(l)];
     if (keep < enc) enc = keep;  // records past `keep` are dead; nothing to move
+    staged_base_[size_t(l)] = enc;
     for (Stream* st : {keys_.get(), values_.get()}) {
       if (!st->is_codec()) continue;
       for (int g = 0; g < shape_.n_kv_head; ++g) st->staged_of(l, g).resize(size_t(keep - enc) * hd);
@@ -753,6 +776,7 @@ void TurboKvCache::restore(CacheReader& in) {
       }
     }
   }
+  staged_base_ = n_encoded;
   n_encoded_ = std::move(n_encoded);
   calib_ = std::move(calib);
   n_tokens_ = n;

@@ -82,6 +82,9 @@ class TurboKvCache final : public KvCache {
 
   void encode_staged(int layer, ThreadPool& pool);
   void calibrate(int layer);
+  // Encoded positions token t of the batch reads as records; it reads the
+  // rest, the newest `window` positions among them, raw.
+  int encoded_for(int layer, int t) const;
   void attend_item(int layer, int t, int kv_head, const float* q, float* out, float scale, Scratch& s) const;
   // Fused decode attention (attend() over encoded positions): queries are
   // prepared once per (token, kv head), the encoded range is split into jobs
@@ -110,6 +113,9 @@ class TurboKvCache final : public KvCache {
   // Positions [0, n_encoded_[layer]) of the codec streams are records; later
   // positions are staged raw. Equal across layers between batches.
   std::vector<int> n_encoded_;
+  // Position of each layer's staged row 0: n_encoded_ between batches; during
+  // a batch the rows of positions encoded in it stay until end_batch().
+  std::vector<int> staged_base_;
   int n_tokens_ = 0;
   int batch_n_ = -1;
   Phase phase_ = Phase::Prefill;

@@ -247,6 +247,32 @@ TEST(TurboCache, GqaMappingReadsTheRightKvHead) {
   }
 }
 
+// Speculative decoding verifies k+1 tokens in one batch and must give the
+// logits plain decoding gives, bit for bit (greedy output with a draft equals
+// greedy output without one). So a token's attention may not depend on how
+// many tokens share its batch, also deep into a long cache where the
+// encoded range is split into many chunks.
+TEST(TurboCache, DecodeBatchEqualsSingleTokenSteps) {
+  ThreadPool pool(2);
+  const int depth = 3000, k = 8;
+  const CacheShape s = shape_of(8, 1, 64, depth + k + 1, 1);  // GQA 8: one job piece per token
+  const Inputs in = make_inputs(s, depth + k, 4, true);
+  const size_t row = size_t(s.n_head) * s.head_dim;
+  for (const char* scheme : {"turbo4", "turbo3", "turbo0v4", "turbo4:window=5"}) {
+    TurboKvCache batched(parse_scheme(scheme), s), single(parse_scheme(scheme), s);
+    for (TurboKvCache* c : {&batched, &single}) {
+      step(*c, in, 0, depth - 1, Phase::Prefill, pool);
+      step(*c, in, depth - 1, 1, Phase::Decode, pool);  // compresses the prefix
+    }
+    const std::vector<float> together = step(batched, in, depth, k, Phase::Decode, pool);
+    for (int t = 0; t < k; ++t) {
+      const std::vector<float> alone = step(single, in, depth + t, 1, Phase::Decode, pool);
+      ASSERT_EQ(alone, std::vector<float>(together.begin() + ptrdiff_t(t * row), together.begin() + ptrdiff_t((t + 1) * row)))
+          << scheme << ", token " << t << " of the batch";
+    }
+  }
+}
+
 TEST(TurboCache, TrimThenAppendEqualsNeverAppending) {
   ThreadPool pool(2);
   const CacheShape s = shape_of(4, 2, 64, 64);

@@ -155,6 +155,39 @@ TEST_P(TinySpeculative, GreedyOutputEqualsPlainDecoding) {
 
 INSTANTIATE_TEST_SUITE_P(AllSchemes, TinySpeculative, ::testing::ValuesIn(kSchemes));
 
+// Greedy equality rests on this: the target's logits for k+1 tokens verified
+// in one batch equal, bit for bit, the logits of decoding them one at a time,
+// deep into the context too (where attention splits the cache into chunks)
+// and with a raw window.
+TEST(TinySpeculativeEdges, VerificationBatchGivesTheLogitsOfSingleSteps) {
+  testing::TinyLlamaOptions o = tiny_options(5);
+  o.n_layer = 1;
+  testing::write_tiny_llama(temp_path("long.gguf"), o);
+  auto m = Model::load(temp_path("long.gguf"));
+  ThreadPool pool(2);
+  const int depth = 2500, k = 7, n_vocab = m->config().n_vocab;
+  std::vector<int32_t> tokens(size_t(depth + k));
+  Rng rng(9);
+  for (auto& t : tokens) t = int32_t(rng.next_u64() % uint64_t(n_vocab));
+  for (const char* scheme : {"fp16", "turbo4", "turbo3", "turbo0v4", "turbo4:window=4"}) {
+    SCOPED_TRACE(scheme);
+    auto batched = kv::make_kv_cache(scheme, m->cache_shape(depth + k));
+    auto single = kv::make_kv_cache(scheme, m->cache_shape(depth + k));
+    Scratch scratch(m->config(), 64);
+    std::vector<float> logits(static_cast<size_t>(k) * n_vocab), one(static_cast<size_t>(n_vocab));
+    for (kv::KvCache* c : {batched.get(), single.get()}) {
+      m->forward(tokens.data(), depth - 1, *c, Phase::Prefill, LogitsMode::Last, one.data(), scratch, pool);
+      m->forward(tokens.data() + depth - 1, 1, *c, Phase::Decode, LogitsMode::Last, one.data(), scratch, pool);
+    }
+    m->forward(tokens.data() + depth, k, *batched, Phase::Decode, LogitsMode::All, logits.data(), scratch, pool);
+    for (int t = 0; t < k; ++t) {
+      m->forward(tokens.data() + depth + t, 1, *single, Phase::Decode, LogitsMode::Last, one.data(), scratch, pool);
+      ASSERT_EQ(one, std::vector<float>(logits.begin() + ptrdiff_t(t) * n_vocab, logits.begin() + ptrdiff_t(t + 1) * n_vocab))
+          << "token " << t << " of the batch";
+    }
+  }
+}
+
 TEST(TinySpeculativeEdges, StopsAtContextAndShortRuns) {
   testing::TinyLlamaOptions o = tiny_options(3);
   testing::write_tiny_llama(temp_path("edge.gguf"), o);
