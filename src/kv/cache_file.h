@@ -44,7 +44,7 @@
 namespace turbokv::kv {
 
 inline constexpr char kCacheFileMagic[4] = {'T', 'K', 'V', 'C'};
-inline constexpr uint32_t kCacheFileVersion = 1;
+inline constexpr uint32_t kCacheFileVersion = 2;  // 2: raw rows kept for a trim, 1-byte key scales
 inline constexpr size_t kCacheFileHeaderBytes = 136;
 inline constexpr size_t kCacheFileChecksumBytes = 8;
 inline constexpr size_t kArchitectureBytes = 32;

@@ -1,5 +1,7 @@
 #include "kv/scheme.h"
 
+#include <algorithm>
+
 #include <charconv>
 
 #include "util/error.h"
@@ -36,7 +38,7 @@ codec::CodecSpec turbo_codec(int bits) {
 // Roles of the turbo streams in a scheme (see scheme.h).
 void set_turbo_roles(SchemeSpec& spec) {
   if (spec.key.kind == StreamKind::Codec && spec.key.turbo_group > 0) {
-    spec.key.turbo_group = 64;
+    spec.key.turbo_group = 128;
     spec.key.codec.scale_rule = codec::ScaleRule::LeastSquares;
   }
   if (spec.value.kind == StreamKind::Codec && spec.value.turbo_group > 0) {
@@ -125,6 +127,27 @@ void apply_option(std::string_view whole, SchemeSpec& spec, std::string_view opt
     flag((key == "ksearch" ? spec.key : spec.value).codec.scale_search);
   } else if (key == "window") {
     if (!parse_int(val, spec.window) || spec.window < 0) bad(whole, "window takes a non-negative token count");
+  } else if (key == "fp16layers") {
+    // Layer indices and ranges joined by '+': "0+4", "0-1+7".
+    spec.fp16_layers.clear();
+    std::string_view rest = val;
+    for (;;) {
+      const size_t plus = rest.find('+');
+      const std::string_view item = rest.substr(0, plus);
+      const size_t dash = item.find('-');
+      int lo = 0, hi = 0;
+      if (!parse_int(item.substr(0, dash), lo) ||
+          (dash != std::string_view::npos && !parse_int(item.substr(dash + 1), hi)) || lo < 0) {
+        bad(whole, "fp16layers takes layer indices and ranges joined by '+', e.g. 0+4 or 0-1+7");
+      }
+      if (dash == std::string_view::npos) hi = lo;
+      if (hi < lo) bad(whole, "fp16layers range " + std::string(item) + " runs backwards");
+      for (int l = lo; l <= hi; ++l) spec.fp16_layers.push_back(l);
+      if (plus == std::string_view::npos) break;
+      rest = rest.substr(plus + 1);
+    }
+    std::sort(spec.fp16_layers.begin(), spec.fp16_layers.end());
+    spec.fp16_layers.erase(std::unique(spec.fp16_layers.begin(), spec.fp16_layers.end()), spec.fp16_layers.end());
   } else if (key == "seed") {
     if (!parse_u64(val, spec.seed)) bad(whole, "seed takes a non-negative integer");
   } else {
@@ -175,7 +198,8 @@ std::string scheme_forms() {
          "                group<B>[g<G>], prod<B>\n"
          "  options:      <scheme>:<opt>:<opt>... with center=0|1, vcenter=0|1,\n"
          "                calib=none|key|query, rot=auto|hadamard|block|dense, seed=N, strict,\n"
-         "                kscale|vscale=auto|norm|matched|ls|unbiased, ksearch|vsearch=0|1, window=N";
+         "                kscale|vscale=auto|norm|matched|ls|unbiased, ksearch|vsearch=0|1, window=N,\n"
+         "                fp16layers=L[+L|-L...]";
 }
 
 std::vector<std::string> listed_schemes() {
@@ -215,6 +239,7 @@ SchemeSpec parse_scheme(std::string_view name) {
     if (kb == 0 && vb == 0) bad(name, "turbo0v0 is fp16; say fp16");
     spec.key = kb == 0 ? parse_element(name, "fp16") : parse_element(name, "turbo" + std::to_string(kb));
     spec.value = vb == 0 ? parse_element(name, "fp16") : parse_element(name, "turbo" + std::to_string(vb));
+    spec.window = kTurboWindow;
   } else {
     spec.key = spec.value = parse_element(name, base);
   }

@@ -5,12 +5,17 @@
 //   turbo<K>v<V>                    K, V in {0, 2, 3, 4, 8}; 0 = FP16 (turbo0v4: FP16
 //                                   keys, 4-bit values)
 //   turbo<B>                        turbo<B>v<B>
-// What turbo<B> stores (chosen by the ablation in docs/RESULTS.md):
-//   keys     group B-bit, groups of 64, scale search, least-squares scale;
+// What turbo<K>v<V> and turbo<B> store (chosen by the ablation in
+// docs/RESULTS.md):
+//   keys     group B-bit, groups of 128, scale search, least-squares scale;
 //            mean-centred, query-calibrated (options below)
 //   values   group B-bit, groups of 128 when keys are compressed (so that
 //            turbo4 stays within 4.25 bits), groups of 16 under FP16 keys
 //            (turbo0v<B>, the seed's design); scale search, matched norm
+//   window   the newest kTurboWindow tokens stay FP16: attention puts much of
+//            its weight on the last few tokens, so their errors dominate the
+//            loss (a 4-token window cuts turbo4's KLD by more than half for
+//            0.09 bits/element at 512 tokens, 0.006 at 8K)
 //   A head size the group does not divide gets one scale per vector.
 //   <kspec>/<vspec>                 any two element specs: fp16, f32, affine4, affine8,
 //                                   turbo<B>, mse<B>, group<B>[g<G>], prod<B>
@@ -28,6 +33,8 @@
 //       ksearch=, vsearch=0|1   least-squares search over grid placements
 //       window=N      keep the newest N tokens as FP16 and encode each token
 //                     once it is N tokens old (a residual window, as in KIVI)
+//       fp16layers=L[+L...]   keep these layers' keys and values FP16 (indices and
+//                     ranges, e.g. 0+4 or 0-1+7): per-layer precision
 //       strict        compress from the first token (prefill included), as
 //                     llama.cpp's quantized caches do; default is two-phase
 //
@@ -45,6 +52,9 @@
 namespace turbokv::kv {
 
 enum class StreamKind : uint8_t { F32 = 0, Fp16 = 1, Codec = 2 };
+
+// The FP16 window of the named turbo schemes (`window=N` overrides it).
+inline constexpr int kTurboWindow = 4;
 
 // How one of the two streams (keys or values) is stored.
 struct StreamSpec {
@@ -73,6 +83,7 @@ struct SchemeSpec {
   uint64_t seed = 0x74757262'6f6b7631ull;  // "turbokv1"
   bool strict = false;
   int window = 0;  // the newest `window` tokens stay FP16 (encoded once older)
+  std::vector<int> fp16_layers;  // sorted, unique: layers never encoded
 
   bool is_dense() const {  // served by DenseKvCache
     return key.kind != StreamKind::Codec && value.kind != StreamKind::Codec && key == value;

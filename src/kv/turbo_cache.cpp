@@ -52,6 +52,16 @@ struct TurboKvCache::Scratch {
 
 namespace {
 
+// A key scale as stored: 2^(c/16) for a one-byte code c in [-128, 127]. Any
+// positive scale keeps attention exact (the query is divided by the same
+// stored value); its precision only moves where the error goes, and a
+// sixteenth of an octave (4%) is finer than the statistics it comes from.
+// Scales are normalised to RMS 1 first, so the range 2^-8..2^8 is ample.
+float round_log_scale(float s) {
+  const float code = std::clamp(std::round(16.0f * std::log2(s)), -128.0f, 127.0f);
+  return std::exp2(code / 16.0f);
+}
+
 // Runs fn over [0, n) on the pool; an exception in any worker is rethrown here.
 template <typename Fn>
 void parallel_checked(ThreadPool& pool, size_t n, size_t grain, Fn&& fn) {
@@ -107,6 +117,14 @@ TurboKvCache::TurboKvCache(const SchemeSpec& spec, const CacheShape& shape)
     for (int g = 0; g < nkv; ++g) rotations_.push_back(codec::Rotation::make(hd, spec.seed, l, g, spec.rotation));
   }
   calib_.resize(size_t(nl));
+  encoded_layer_.assign(size_t(nl), 1);
+  for (int l : spec.fp16_layers) {
+    if (l >= nl) {
+      throw Error("KV scheme '" + spec.name + "': fp16layers names layer " + std::to_string(l) + ", but the model has " +
+                  std::to_string(nl) + " layers (0-" + std::to_string(nl - 1) + ")");
+    }
+    encoded_layer_[size_t(l)] = 0;
+  }
   n_encoded_.assign(size_t(nl), 0);
   staged_base_.assign(size_t(nl), 0);
 }
@@ -120,6 +138,7 @@ void TurboKvCache::begin_batch(int n, Phase phase) {
     throw Error("kv cache: " + std::to_string(n) + " more tokens after " + std::to_string(n_tokens_) +
                 " exceed the context size " + std::to_string(shape_.max_tokens) + " (raise --ctx)");
   }
+  drop_encoded_raw_rows();
   batch_n_ = n;
   phase_ = phase;
 }
@@ -135,7 +154,7 @@ void TurboKvCache::store(int layer, const float* k, const float* v) {
         auto& staged = st->staged_of(layer, g);
         // Everything from n_encoded on is staged; a second store() for the
         // same layer in one batch would duplicate positions.
-        TKV_ASSERT(staged.size() == size_t(n_tokens_ - n_encoded_[size_t(layer)]) * hd,
+        TKV_ASSERT(staged.size() == size_t(n_tokens_ - staged_base_[size_t(layer)]) * hd,
                    "store called twice for a layer in one batch");
         for (int t = 0; t < batch_n_; ++t) {
           const float* x = src + (size_t(t) * nkv + g) * hd;
@@ -216,11 +235,11 @@ void TurboKvCache::calibrate(int layer) {
         const float norm = float(1.0 / std::sqrt(sq_sum / hd));
         for (int i = 0; i < hd; ++i) kscale[i] *= norm;
       }
-      // The state is stored as fp16 (and counted so by bytes()); use exactly
-      // what is stored.
+      // Use exactly what is stored (and counted so by bytes()): the mean as
+      // fp16, each scale as one byte, a power of 2^(1/16) (round_log_scale).
       for (int i = 0; i < hd; ++i) {
         kmean[i] = round_fp16(kmean[i]);
-        kscale[i] = round_fp16(kscale[i]);
+        kscale[i] = round_log_scale(kscale[i]);
         kinv[i] = 1.0f / kscale[i];
       }
     }
@@ -239,7 +258,7 @@ void TurboKvCache::encode_staged(int layer, ThreadPool& pool) {
   const int first = n_encoded_[size_t(layer)];
   // The newest `window` tokens stay raw (FP16); everything before is encoded.
   const int last = n_tokens_ + batch_n_ - spec_.window;  // exclusive
-  if (first >= last) return;
+  if (first >= last || !encoded_layer_[size_t(layer)]) return;
   if (!calib_[size_t(layer)].done) calibrate(layer);
   const Calib& c = calib_[size_t(layer)];
   const int count = last - first;
@@ -547,7 +566,11 @@ void TurboKvCache::attend_item(int layer, int t, int g, const float* q, float* o
 
 void TurboKvCache::end_batch() {
   TKV_ASSERT(batch_n_ > 0, "end_batch without begin_batch");
-  // Drop the raw rows of positions encoded in this batch.
+  n_tokens_ += batch_n_;
+  batch_n_ = -1;
+}
+
+void TurboKvCache::drop_encoded_raw_rows() {
   const int hd = shape_.head_dim;
   for (int l = 0; l < shape_.n_layer; ++l) {
     const int drop = n_encoded_[size_t(l)] - staged_base_[size_t(l)];
@@ -564,8 +587,6 @@ void TurboKvCache::end_batch() {
     }
     staged_base_[size_t(l)] = n_encoded_[size_t(l)];
   }
-  n_tokens_ += batch_n_;
-  batch_n_ = -1;
 }
 
 void TurboKvCache::trim(int n) {
@@ -577,11 +598,19 @@ void TurboKvCache::trim(int n) {
   const int hd = shape_.head_dim;
   for (int l = 0; l < shape_.n_layer; ++l) {
     int& enc = n_encoded_[size_t(l)];
-    if (keep < enc) enc = keep;  // records past `keep` are dead; nothing to move
-    staged_base_[size_t(l)] = enc;
+    int& base = staged_base_[size_t(l)];
+    // Records past `keep` are dead; nothing to move. Positions that the
+    // last batch encoded still have their raw rows, so the newest `window`
+    // kept positions go back to raw, as if the trimmed tokens had never
+    // come (a rejected speculative draft); older records stay records.
+    if (keep < base) {
+      enc = base = keep;
+    } else {
+      enc = std::min(enc, std::max(base, keep - spec_.window));
+    }
     for (Stream* st : {keys_.get(), values_.get()}) {
       if (!st->is_codec()) continue;
-      for (int g = 0; g < shape_.n_kv_head; ++g) st->staged_of(l, g).resize(size_t(keep - enc) * hd);
+      for (int g = 0; g < shape_.n_kv_head; ++g) st->staged_of(l, g).resize(size_t(keep - base) * hd);
     }
     if (keep == 0) calib_[size_t(l)] = Calib{};  // an emptied cache starts afresh
   }
@@ -597,7 +626,7 @@ void TurboKvCache::read_key(int layer, int g, int pos, float* out) const {
   if (!K.is_codec()) {
     for (int i = 0; i < hd; ++i) out[i] = fp16_to_f32(K.dense_row(layer, g, pos)[i]);
   } else if (pos >= n_encoded_[size_t(layer)]) {
-    const fp16_t* r = K.staged_of(layer, g).data() + size_t(pos - n_encoded_[size_t(layer)]) * hd;
+    const fp16_t* r = K.staged_of(layer, g).data() + size_t(pos - staged_base_[size_t(layer)]) * hd;
     for (int i = 0; i < hd; ++i) out[i] = fp16_to_f32(r[i]);
   } else {
     float xr[codec::kMaxDim], x[codec::kMaxDim];
@@ -618,7 +647,7 @@ void TurboKvCache::read_value(int layer, int g, int pos, float* out) const {
   if (!V.is_codec()) {
     for (int i = 0; i < hd; ++i) out[i] = fp16_to_f32(V.dense_row(layer, g, pos)[i]);
   } else if (pos >= n_encoded_[size_t(layer)]) {
-    const fp16_t* r = V.staged_of(layer, g).data() + size_t(pos - n_encoded_[size_t(layer)]) * hd;
+    const fp16_t* r = V.staged_of(layer, g).data() + size_t(pos - staged_base_[size_t(layer)]) * hd;
     for (int i = 0; i < hd; ++i) out[i] = fp16_to_f32(r[i]);
   } else {
     float xr[codec::kMaxDim];
@@ -646,7 +675,7 @@ size_t TurboKvCache::bytes() const {
     if (c.done) {
       if (keys_->is_codec()) {
         if (spec_.center_keys) total += nkv * hd * sizeof(fp16_t);
-        if (spec_.calibration != Calibration::None) total += nkv * hd * sizeof(fp16_t);
+        if (spec_.calibration != Calibration::None) total += nkv * hd * sizeof(uint8_t);  // round_log_scale codes
       }
       if (values_->is_codec() && spec_.center_values) total += nkv * hd * sizeof(fp16_t);
     }
@@ -656,8 +685,10 @@ size_t TurboKvCache::bytes() const {
 
 double TurboKvCache::bits_per_element() const {
   if (n_tokens_ == 0) {
-    return 0.5 * (SchemeSpec::stream_bits(spec_.key, shape_.head_dim) +
-                  SchemeSpec::stream_bits(spec_.value, shape_.head_dim));
+    const double encoded = 0.5 * (SchemeSpec::stream_bits(spec_.key, shape_.head_dim) +
+                                  SchemeSpec::stream_bits(spec_.value, shape_.head_dim));
+    const double n_fp16 = double(spec_.fp16_layers.size());
+    return (encoded * (shape_.n_layer - n_fp16) + 16.0 * n_fp16) / shape_.n_layer;
   }
   const double elements = 2.0 * shape_.n_layer * shape_.n_kv_head * double(n_tokens_) * shape_.head_dim;
   return 8.0 * double(bytes()) / elements;
@@ -673,6 +704,7 @@ void TurboKvCache::save(CacheWriter& out) const {
   for (int l = 0; l < shape_.n_layer; ++l) {
     const Calib& c = calib_[size_t(l)];
     out.put<int32_t>(n_encoded_[size_t(l)]);
+    out.put<int32_t>(staged_base_[size_t(l)]);
     out.put<uint8_t>(c.done ? 1 : 0);
     out.put<int64_t>(c.q_count);
     out.put_vector(c.key_mean);
@@ -688,8 +720,10 @@ void TurboKvCache::save(CacheWriter& out) const {
       for (int g = 0; g < nkv; ++g) {
         if (st->is_codec()) {
           out.put_array(st->record(l, g, 0), size_t(enc) * st->record_bytes);
+          // The raw rows of [staged_base, n_tokens): the state exactly, also
+          // the rows the last batch encoded and keeps for a trim.
           const auto& staged = st->staged_of(l, g);
-          TKV_ASSERT(staged.size() == size_t(n_tokens_ - enc) * hd, "staged size out of step");
+          TKV_ASSERT(staged.size() == size_t(n_tokens_ - staged_base_[size_t(l)]) * hd, "staged size out of step");
           out.put_array(staged.data(), staged.size());
         } else {
           out.put_array(st->dense_row(l, g, 0), size_t(n_tokens_) * hd);
@@ -710,21 +744,32 @@ void TurboKvCache::restore(CacheReader& in) {
             " (raise --ctx)");
   }
   // Read everything into temporaries first: a bad state leaves the cache as it was.
-  std::vector<int> n_encoded(static_cast<size_t>(nl));
+  std::vector<int> n_encoded(static_cast<size_t>(nl)), staged_base(static_cast<size_t>(nl));
   std::vector<Calib> calib(static_cast<size_t>(nl));
   for (int l = 0; l < nl; ++l) {
     const int32_t enc = in.get<int32_t>();
     if (enc < 0 || enc > n) {
       in.fail("layer " + std::to_string(l) + " has " + std::to_string(enc) + " encoded tokens of " + std::to_string(n));
     }
+    const int32_t base = in.get<int32_t>();
+    if (base < 0 || base > enc) {
+      in.fail("layer " + std::to_string(l) + " keeps raw rows from position " + std::to_string(base) + ", past its " +
+              std::to_string(enc) + " encoded tokens");
+    }
     n_encoded[size_t(l)] = enc;
+    staged_base[size_t(l)] = base;
     Calib& c = calib[size_t(l)];
     c.done = in.get<uint8_t>() != 0;
     c.q_count = in.get<int64_t>();
     c.key_mean = in.get_vector<float>(per_layer, "key mean");
     c.key_scale = in.get_vector<float>(per_layer, "key scales");
     c.inv_key_scale.resize(c.key_scale.size());
-    for (size_t i = 0; i < c.key_scale.size(); ++i) c.inv_key_scale[i] = 1.0f / c.key_scale[i];
+    for (size_t i = 0; i < c.key_scale.size(); ++i) {
+      if (!(c.key_scale[i] > 0.0f) || !std::isfinite(c.key_scale[i])) {
+        in.fail("layer " + std::to_string(l) + " has a key scale that is not a positive number");
+      }
+      c.inv_key_scale[i] = 1.0f / c.key_scale[i];
+    }
     c.value_mean = in.get_vector<float>(per_layer, "value mean");
     c.q_sq_sum = in.get_vector<double>(per_layer, "query square sums");
     if (c.done && (c.key_mean.empty() || c.key_scale.empty() || c.value_mean.empty())) {
@@ -743,6 +788,7 @@ void TurboKvCache::restore(CacheReader& in) {
     states[s].rows.resize(size_t(nl) * nkv);
     for (int l = 0; l < nl; ++l) {
       const int enc = st->is_codec() ? n_encoded[size_t(l)] : 0;
+      const int base = st->is_codec() ? staged_base[size_t(l)] : 0;
       for (int g = 0; g < nkv; ++g) {
         if (st->is_codec()) {
           const size_t old = states[s].records.size();
@@ -750,7 +796,7 @@ void TurboKvCache::restore(CacheReader& in) {
           in.get_array(states[s].records.data() + old, size_t(enc) * st->record_bytes);
         }
         auto& rows = states[s].rows[size_t(l) * nkv + g];
-        rows.resize(size_t(n - enc) * hd);
+        rows.resize(size_t(n - base) * hd);
         in.get_array(rows.data(), rows.size());
       }
     }
@@ -776,7 +822,7 @@ void TurboKvCache::restore(CacheReader& in) {
       }
     }
   }
-  staged_base_ = n_encoded;
+  staged_base_ = std::move(staged_base);
   n_encoded_ = std::move(n_encoded);
   calib_ = std::move(calib);
   n_tokens_ = n;

@@ -113,9 +113,15 @@ class TurboKvCache final : public KvCache {
   // Positions [0, n_encoded_[layer]) of the codec streams are records; later
   // positions are staged raw. Equal across layers between batches.
   std::vector<int> n_encoded_;
-  // Position of each layer's staged row 0: n_encoded_ between batches; during
-  // a batch the rows of positions encoded in it stay until end_batch().
+  std::vector<uint8_t> encoded_layer_;  // (layer) 0 for the scheme's fp16layers: never encoded
+  // Position of each layer's staged row 0. The raw rows of positions the
+  // last batch encoded stay until the next begin_batch(): earlier tokens of a
+  // batch still read some of them raw (the window is per token), and a trim
+  // of that batch's tokens puts them back to raw. They are not counted by
+  // bytes() (transient, like attention scratch); save() writes them, so a
+  // restored cache is exactly the saved one.
   std::vector<int> staged_base_;
+  void drop_encoded_raw_rows();
   int n_tokens_ = 0;
   int batch_n_ = -1;
   Phase phase_ = Phase::Prefill;

@@ -181,15 +181,18 @@ TEST(CacheFile, Turbo4FileIsAboutFourTimesSmallerThanFp16) {
     if (decode == 0) {
       EXPECT_NEAR(double(sizes[1]), double(sizes[0]), 0.02 * double(sizes[0]));  // still staged raw (fp16)
     } else {
-      // head_dim 64: 34-byte records for 128 fp16 bytes, plus calibration state.
-      EXPECT_GT(double(sizes[0]) / double(sizes[1]), 3.3) << sizes[0] << " vs " << sizes[1];
+      // head_dim 64: 34-byte records for 128 fp16 bytes, plus calibration
+      // state and the raw window (3.5x for the records alone).
+      EXPECT_GT(double(sizes[0]) / double(sizes[1]), 3.2) << sizes[0] << " vs " << sizes[1];
     }
   }
 }
 
 TEST(CacheFile, TrimAcrossRawCompressedBoundary) {
   // Records [0, 9), staged raw [9, 13): trimming to 7 cuts into the records.
-  for (const char* scheme : {"turbo4", "turbo0v4", "turbo4v2"}) {
+  // (No window: its positions go back to raw only when the trim undoes the
+  // batch that encoded them, and here a prefill batch came in between.)
+  for (const char* scheme : {"turbo4:window=0", "turbo0v4:window=0", "turbo4v2:window=0"}) {
     SCOPED_TRACE(scheme);
     auto a = make_kv_cache(scheme, test_shape());
     auto b = make_kv_cache(scheme, test_shape());
@@ -290,7 +293,8 @@ TEST(CacheFileErrors, WrongMagicVersionAndFormatAreNamed) {
 
   b = s.bytes;
   rewrite_header(b, [](CacheFileHeader& h) { h.version = kCacheFileVersion + 1; });
-  EXPECT_NE(load_error(b).find("format version 2"), std::string::npos) << load_error(b);
+  EXPECT_NE(load_error(b).find("format version " + std::to_string(kCacheFileVersion + 1)), std::string::npos)
+      << load_error(b);
 
   b = s.bytes;
   rewrite_header(b, [](CacheFileHeader& h) { h.codec_format_version += 7; });

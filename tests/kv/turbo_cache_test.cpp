@@ -114,6 +114,9 @@ TEST(Scheme, ParsesEveryListedName) {
 }
 
 TEST(Scheme, BadNamesNameTheProblemAndListTheForms) {
+  for (const char* bad : {"turbo3:fp16layers=", "turbo3:fp16layers=3-1", "turbo3:fp16layers=a", "turbo3:fp16layers=1+"}) {
+    EXPECT_THROW(parse_scheme(bad), Error) << bad;
+  }
   for (const char* bad : {"turbo5", "turbo4v7", "turbo0v0", "q4_0", "", "turbo", "turbo4:frob=1",
                           "turbo4:calib=maybe", "affine3", "mse9", "group4gx", "turbox"}) {
     try {
@@ -155,8 +158,8 @@ TEST(TurboCache, DecodeEqualsExplicitDequantizeReference) {
         const auto ref = reference_attention(cache, in.q.data() + size_t(t) * s.n_head * hd, t + 1, 0);
         EXPECT_LT(rel_error(out, ref), 2e-5) << scheme << " hd " << hd << " t " << t;
       }
-      EXPECT_EQ(cache.n_encoded(0), 30);
-      EXPECT_EQ(cache.n_encoded(1), 30);
+      EXPECT_EQ(cache.n_encoded(0), 30 - spec.window);
+      EXPECT_EQ(cache.n_encoded(1), 30 - spec.window);
     }
   }
 }
@@ -273,12 +276,43 @@ TEST(TurboCache, DecodeBatchEqualsSingleTokenSteps) {
   }
 }
 
+// Per-layer precision: the layers named by fp16layers are never encoded, so
+// their attention stays the FP16 cache's, bit for bit, while the other layers
+// are compressed; the bytes count them at 16 bits.
+TEST(TurboCache, Fp16LayersStayExactAndTheRestIsEncoded) {
+  ThreadPool pool(2);
+  const CacheShape s = shape_of(4, 2, 64, 96, 3);
+  const Inputs in = make_inputs(s, 40, 6, true);
+  EXPECT_EQ(parse_scheme("turbo3:fp16layers=0-1+4+1").fp16_layers, (std::vector<int>{0, 1, 4}));
+  TurboKvCache turbo(parse_scheme("turbo3:fp16layers=0+2"), s), plain(parse_scheme("turbo3"), s);
+  Fp16KvCache fp16(s);
+  for (KvCache* c : {static_cast<KvCache*>(&turbo), static_cast<KvCache*>(&plain), static_cast<KvCache*>(&fp16)}) {
+    step(*c, in, 0, 30, Phase::Prefill, pool);
+  }
+  for (int t = 30; t < 40; ++t) {
+    const auto a = step(turbo, in, t, 1, Phase::Decode, pool);  // layer 0: FP16
+    EXPECT_EQ(a, step(fp16, in, t, 1, Phase::Decode, pool)) << "t " << t;
+    EXPECT_NE(a, step(plain, in, t, 1, Phase::Decode, pool)) << "t " << t;
+  }
+  EXPECT_EQ(turbo.n_encoded(0), 0);
+  EXPECT_EQ(turbo.n_encoded(1), 40 - kTurboWindow);
+  EXPECT_EQ(turbo.n_encoded(2), 0);
+  // Two layers at FP16 bytes, one like the plain cache's layer.
+  EXPECT_EQ(turbo.bytes(), 2 * fp16.bytes() / 3 + plain.bytes() / 3);
+  try {
+    TurboKvCache bad(parse_scheme("turbo3:fp16layers=3"), s);
+    ADD_FAILURE() << "accepted a layer the model does not have";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("fp16layers names layer 3"), std::string::npos) << e.what();
+  }
+}
+
 TEST(TurboCache, TrimThenAppendEqualsNeverAppending) {
   ThreadPool pool(2);
   const CacheShape s = shape_of(4, 2, 64, 64);
   const Inputs in = make_inputs(s, 64, 6, true);
   Inputs alt = make_inputs(s, 64, 7, true);  // tokens that get rejected
-  for (const char* scheme : {"turbo4", "turbo0v4", "turbo3v2"}) {
+  for (const char* scheme : {"turbo4", "turbo0v4", "turbo3v2", "turbo4:window=0", "turbo4:window=9"}) {
     TurboKvCache a(parse_scheme(scheme), s), b(parse_scheme(scheme), s);
     step(a, in, 0, 20, Phase::Prefill, pool);
     step(b, in, 0, 20, Phase::Prefill, pool);
@@ -290,7 +324,9 @@ TEST(TurboCache, TrimThenAppendEqualsNeverAppending) {
     step(a, draft, 21, 4, Phase::Decode, pool);
     a.trim(4);
     EXPECT_EQ(a.n_tokens(), 21);
-    EXPECT_EQ(a.n_encoded(0), 21);
+    // The window's positions, encoded while the draft was in, are raw again.
+    EXPECT_EQ(a.n_encoded(0), 21 - a.spec().window);
+    EXPECT_EQ(a.n_encoded(0), b.n_encoded(0));
     for (int t = 21; t < 30; ++t) {
       ASSERT_EQ(step(a, in, t, 1, Phase::Decode, pool), step(b, in, t, 1, Phase::Decode, pool)) << scheme << " t " << t;
     }
@@ -301,7 +337,7 @@ TEST(TurboCache, TrimAcrossTheCompressionBoundaryKeepsPositionsConsistent) {
   ThreadPool pool(1);
   const CacheShape s = shape_of(4, 2, 64, 64);
   const Inputs in = make_inputs(s, 64, 8, true);
-  TurboKvCache cache(parse_scheme("turbo4"), s);
+  TurboKvCache cache(parse_scheme("turbo4:window=0"), s);
   step(cache, in, 0, 16, Phase::Prefill, pool);
   step(cache, in, 16, 1, Phase::Decode, pool);  // compresses all 17
   std::vector<float> before(64), after(64);
@@ -344,8 +380,8 @@ TEST(TurboCache, StrictModeEncodesFromTheFirstToken) {
   const Inputs in = make_inputs(s, 64, 11, true);
   TurboKvCache cache(parse_scheme("turbo4:strict"), s);
   const auto out = step(cache, in, 0, 24, Phase::Prefill, pool);
-  EXPECT_EQ(cache.n_encoded(0), 24);
-  EXPECT_EQ(cache.tokens_encoded(), 24);
+  EXPECT_EQ(cache.n_encoded(0), 24 - kTurboWindow);  // the newest tokens stay raw
+  EXPECT_EQ(cache.tokens_encoded(), 24 - kTurboWindow);
   Fp16KvCache fp16(s);
   EXPECT_NE(out, step(fp16, in, 0, 24, Phase::Prefill, pool));  // really compressed
   // The last query of the batch sees the records, as the reference says.
@@ -367,17 +403,18 @@ TEST(TurboCache, MemoryAccountingIsExact) {
   // 11 records of 66 bytes per stream, layer and head.
   EXPECT_EQ(cache.bytes(), size_t(2 * 3 * 2 * 11 * 66));
   EXPECT_DOUBLE_EQ(cache.bits_per_element(), 4.125);
-  TurboKvCache cal(parse_scheme("mse4/mse4"), s);  // + key mean and key scales (fp16)
+  TurboKvCache cal(parse_scheme("mse4/mse4"), s);  // + key mean (fp16) and key scales (1 byte)
   step(cal, in, 0, 10, Phase::Prefill, pool);
   step(cal, in, 10, 1, Phase::Decode, pool);
-  EXPECT_EQ(cal.bytes(), size_t(2 * 3 * 2 * 11 * 66 + 2 * 3 * 2 * 128 * 2));
-  // turbo4 at head size 128: keys in groups of 64 (68-byte records), values
-  // in groups of 128 (66 bytes), the key mean and scales in fp16.
+  EXPECT_EQ(cal.bytes(), size_t(2 * 3 * 2 * 11 * 66 + 3 * 2 * 128 * (2 + 1)));
+  // turbo4 at head size 128: keys and values in groups of 128 (66-byte
+  // records), the newest kTurboWindow tokens raw, the key mean and scales.
   TurboKvCache t4(parse_scheme("turbo4"), s);
-  EXPECT_DOUBLE_EQ(t4.bits_per_element(), (4.25 + 4.125) / 2);
+  EXPECT_DOUBLE_EQ(t4.bits_per_element(), 4.125);
   step(t4, in, 0, 10, Phase::Prefill, pool);
   step(t4, in, 10, 1, Phase::Decode, pool);
-  EXPECT_EQ(t4.bytes(), size_t(3 * 2 * 11 * (68 + 66) + 2 * 3 * 2 * 128 * 2));
+  const size_t encoded = 11 - kTurboWindow;
+  EXPECT_EQ(t4.bytes(), size_t(3 * 2 * (encoded * (66 + 66) + kTurboWindow * 2 * 128 * 2) + 3 * 2 * 128 * (2 + 1)));
 }
 
 TEST(TurboCache, SchemeThatCannotServeAHeadSizeSaysSo) {

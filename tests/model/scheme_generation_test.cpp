@@ -126,26 +126,31 @@ TEST_F(RealModel, EveryListedSchemeGeneratesText) {
 }
 
 // Greedy decoding through compressed caches against FP16 on the golden
-// prompts, 32 tokens. turbo8 matches exactly. turbo0v4 with a 32-token FP16
-// window (`window=32`) matches exactly. Plain turbo0v4 leaves FP16 at close
-// calls of FP16's own: token 20 of the first prompt (FP16's top-2 margin
-// 0.065 logits) and token 1 of the second (margin 0.036, a call that 8-bit affine flips
-// too); the first difference is printed, not asserted.
+// prompts, 32 tokens. turbo8 matches exactly. turbo0v4 and turbo4 may leave
+// FP16 only at a near-tie of FP16's own, where its top-2 logits are closer
+// than kNearTie: their logit errors are a few hundredths (turbo0v4's KLD of
+// 0.0009 nats is an error of about 0.04 logits), so such calls can go either
+// way, and 8-bit affine flips one of them too. Measured with the submitted
+// defaults: turbo0v4 matches 32 tokens on two prompts and leaves FP16 at
+// token 20 of the first (margin 0.065); without its FP16 window
+// (`window=0`) it also leaves at token 1 of the second (margin 0.036).
 TEST_F(RealModel, CompressedCachesFollowFp16Greedy) {
+  constexpr float kNearTie = 0.1f;  // logits
   ThreadPool pool(2);
   for (const char* text : {"It was a dark and stormy night", "The old man looked at the sea", "CHAPTER I"}) {
     const auto prompt = tok_->encode(text, true, false);
     const Greedy ref = greedy(*model_, prompt, 32, "fp16", pool);
-    for (const char* scheme : {"turbo8", "turbo0v4:window=32", "turbo0v4"}) {
+    for (const char* scheme : {"turbo8", "turbo0v4", "turbo4", "turbo0v4:window=0"}) {
       const Greedy g = greedy(*model_, prompt, 32, scheme, pool);
       size_t k = 0;
       while (k < 32 && g.tokens[k] == ref.tokens[k]) ++k;
-      if (std::string(scheme) == "turbo0v4") {
-        std::printf("turbo0v4 on '%s': first difference at token %zu (FP16 margin %.4f)\n", text, k,
-                    k < 32 ? ref.margins[k] : 0.0f);
-        continue;
+      std::printf("%s on '%s': first difference at token %zu (FP16 margin %.4f)\n", scheme, text, k,
+                  k < 32 ? ref.margins[k] : 0.0f);
+      if (std::string(scheme) == "turbo8") {
+        EXPECT_EQ(k, 32u) << scheme << " left FP16 at token " << k << " of '" << text << "'";
+      } else if (k < 32) {
+        EXPECT_LT(ref.margins[k], kNearTie) << scheme << " left FP16 at a confident token " << k << " of '" << text << "'";
       }
-      EXPECT_EQ(k, 32u) << scheme << " left FP16 at token " << k << " of '" << text << "'";
     }
   }
 }
@@ -153,7 +158,7 @@ TEST_F(RealModel, CompressedCachesFollowFp16Greedy) {
 // Issue 6's regression guard: the KL divergence from FP16 that the default
 // schemes reach on the shared model (strict mode, as llama.cpp measures its
 // caches), with a 1.5x margin over what was measured on these 2 chunks
-// (turbo0v4 0.00373, turbo4 0.0173, turbo3 0.0639, affine4 0.0432).
+// (turbo0v4 0.00084, turbo4 0.00658, turbo3 0.0280, affine4 0.0432).
 TEST_F(RealModel, DefaultSchemesKeepTheirQuality) {
   ThreadPool pool(2);
   std::ifstream in(shared("text/gutenberg_holdout.txt"), std::ios::binary);
@@ -177,9 +182,9 @@ TEST_F(RealModel, DefaultSchemesKeepTheirQuality) {
   };
   std::printf("measured KLD: turbo0v4 %.6f turbo4 %.6f turbo3 %.6f affine4 %.6f\n", kld("turbo0v4"),
               kld("turbo4"), kld("turbo3"), kld("affine4"));
-  EXPECT_LT(kld("turbo0v4"), 0.0056);
-  EXPECT_LT(kld("turbo4"), 0.026);
-  EXPECT_LT(kld("turbo3"), 0.096);
+  EXPECT_LT(kld("turbo0v4"), 0.0013);
+  EXPECT_LT(kld("turbo4"), 0.0099);
+  EXPECT_LT(kld("turbo3"), 0.042);
   // turbo4 beats MLX-style affine4 at fewer bits.
   EXPECT_LT(kld("turbo4"), kld("affine4"));
   for (const auto& x : r.results) {
