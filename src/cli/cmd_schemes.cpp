@@ -22,16 +22,19 @@ std::string describe(const kv::StreamSpec& s, int head_dim) {
   return d;
 }
 
-int run_schemes(int head_dim, bool json, const std::vector<std::string>& names) {
+int run_schemes(int head_dim, int tokens, bool json, const std::vector<std::string>& names) {
   if (head_dim < 1 || head_dim > codec::kMaxDim) {
     throw Error("--head-dim must be in 1.." + std::to_string(codec::kMaxDim) + ", got " + std::to_string(head_dim));
   }
+  if (tokens < 1) throw Error("--tokens must be at least 1, got " + std::to_string(tokens));
   nlohmann::json rows = nlohmann::json::array();
   if (!json) {
-    std::printf("KV cache schemes at head_dim %d (bits per element include every norm and scale;\n"
-                "calibrated schemes add 2 x head_dim fp16 values per layer and kv head)\n\n", head_dim);
-    std::printf("%-10s  %-16s  %-16s  %7s  %7s  %7s  %6s\n", "scheme", "keys", "values", "K bits", "V bits",
-                "avg", "vs f16");
+    std::printf("KV cache schemes at head_dim %d. K, V bits and avg: the records, every norm and scale\n"
+                "included. At %d tokens: everything a cache of that many tokens holds, with the FP16\n"
+                "window and the calibration state (key mean and scales, per layer and kv head).\n\n",
+                head_dim, tokens);
+    std::printf("%-10s  %-16s  %-16s  %7s  %7s  %7s  %6s  %9s  %6s\n", "scheme", "keys", "values", "K bits", "V bits",
+                "avg", "window", "at tokens", "vs f16");
   }
   for (const auto& name : names) {
     const kv::SchemeSpec spec = kv::parse_scheme(name);
@@ -43,6 +46,7 @@ int run_schemes(int head_dim, bool json, const std::vector<std::string>& names) 
     const double kb = kv::SchemeSpec::stream_bits(spec.key, head_dim);
     const double vb = kv::SchemeSpec::stream_bits(spec.value, head_dim);
     const double avg = 0.5 * (kb + vb);
+    const double at = spec.bits_at(head_dim, tokens);
     if (json) {
       nlohmann::json r = {{"scheme", name}, {"keys", describe(spec.key, head_dim)}, {"values", describe(spec.value, head_dim)},
                           {"head_dim", head_dim}, {"supported", serves && serves_v}};
@@ -50,15 +54,19 @@ int run_schemes(int head_dim, bool json, const std::vector<std::string>& names) 
         r["key_bits"] = kb;
         r["value_bits"] = vb;
         r["bits_per_element"] = avg;
-        r["compression_vs_fp16"] = 16.0 / avg;
+        r["window"] = spec.window;
+        r["tokens"] = tokens;
+        r["bits_per_element_at_tokens"] = at;
+        r["compression_vs_fp16"] = 16.0 / at;
       }
       rows.push_back(r);
     } else if (!(serves && serves_v)) {
       std::printf("%-10s  %-16s  %-16s  cannot serve head_dim %d\n", name.c_str(), describe(spec.key, head_dim).c_str(),
                   describe(spec.value, head_dim).c_str(), head_dim);
     } else {
-      std::printf("%-10s  %-16s  %-16s  %7.3f  %7.3f  %7.3f  %5.2fx\n", name.c_str(), describe(spec.key, head_dim).c_str(),
-                  describe(spec.value, head_dim).c_str(), kb, vb, avg, 16.0 / avg);
+      std::printf("%-10s  %-16s  %-16s  %7.3f  %7.3f  %7.3f  %6d  %9.3f  %5.2fx\n", name.c_str(),
+                  describe(spec.key, head_dim).c_str(), describe(spec.value, head_dim).c_str(), kb, vb, avg, spec.window,
+                  at, 16.0 / at);
     }
   }
   if (json) {
@@ -73,13 +81,15 @@ const RegisterCommand kRegister{Command{
     "schemes", "List the KV cache schemes with their exact bits per element",
     [](CLI::App& app) -> std::function<int()> {
       auto head_dim = std::make_shared<int>(128);
+      auto tokens = std::make_shared<int>(4096);
       auto json = std::make_shared<bool>(false);
       auto names = std::make_shared<std::vector<std::string>>();
       app.add_option("--head-dim", *head_dim, "Head size to compute the costs for")->capture_default_str();
+      app.add_option("--tokens", *tokens, "Cache length for the all-inclusive bits column")->capture_default_str();
       app.add_flag("--json", *json, "Print JSON");
       app.add_option("--kv", *names, "Schemes to list (default: the named ones)")->delimiter(',');
       return [=] {
-        return run_schemes(*head_dim, *json, names->empty() ? kv::listed_schemes() : *names);
+        return run_schemes(*head_dim, *tokens, *json, names->empty() ? kv::listed_schemes() : *names);
       };
     }}};
 

@@ -191,6 +191,20 @@ double SchemeSpec::stream_bits(const StreamSpec& s, int head_dim) {
   return 0.0;
 }
 
+double SchemeSpec::bits_at(int head_dim, int n_tokens) const {
+  const bool k_codec = key.kind == StreamKind::Codec, v_codec = value.kind == StreamKind::Codec;
+  const double n = n_tokens, raw = std::min(n, double(window));
+  auto stream = [&](const StreamSpec& s) {
+    const double b = stream_bits(s, head_dim);
+    return s.kind == StreamKind::Codec ? ((n - raw) * b + raw * 16.0) / n : b;
+  };
+  double state = 0;  // bits per channel of one (layer, kv head)
+  if (k_codec && center_keys) state += 16;
+  if (k_codec && calibration != Calibration::None) state += 8;
+  if (v_codec && center_values) state += 16;
+  return 0.5 * (stream(key) + stream(value)) + state / (2.0 * n);
+}
+
 std::string scheme_forms() {
   return "  fp16 | f32 | affine4 | affine8\n"
          "  turbo<K>v<V>  (K, V in 0,2,3,4,8; 0 = fp16), turbo<B> = turbo<B>v<B>\n"

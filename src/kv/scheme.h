@@ -93,6 +93,12 @@ struct SchemeSpec {
   static double stream_bits(const StreamSpec& s, int head_dim);
   // The codec a codec stream uses at this head size.
   static codec::CodecSpec resolve_codec(const StreamSpec& s, int head_dim);
+  // Bits per element of a cache holding n_tokens (>= 1) after its first
+  // decode step, everything counted: records, the raw window, and the
+  // calibration state of each (layer, kv head) (key mean 16 bits and key
+  // scale 8 bits a channel, value mean 16 bits). fp16layers are not counted
+  // (they depend on the model's layer count).
+  double bits_at(int head_dim, int n_tokens) const;
 };
 
 // Parses a scheme name; throws Error naming the bad part and listing the

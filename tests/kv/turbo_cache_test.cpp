@@ -417,6 +417,23 @@ TEST(TurboCache, MemoryAccountingIsExact) {
   EXPECT_EQ(t4.bytes(), size_t(3 * 2 * (encoded * (66 + 66) + kTurboWindow * 2 * 128 * 2) + 3 * 2 * 128 * (2 + 1)));
 }
 
+// What `turbokv schemes` prints for a cache of n tokens is what a cache of
+// n tokens counts, after its first decode step.
+TEST(TurboCache, SchemeBitsAtNTokensMatchTheCache) {
+  ThreadPool pool(1);
+  for (int hd : {64, 128}) {
+    const CacheShape s = shape_of(4, 2, hd, 64, 2);
+    const Inputs in = make_inputs(s, 40, 13, true);
+    for (const char* scheme : {"turbo4", "turbo3", "turbo0v4", "turbo4v2", "turbo4:window=0:vcenter=1", "mse4/mse4",
+                               "turbo3:calib=none", "affine4"}) {
+      TurboKvCache cache(parse_scheme(scheme), s);
+      step(cache, in, 0, 39, Phase::Prefill, pool);
+      step(cache, in, 39, 1, Phase::Decode, pool);
+      EXPECT_DOUBLE_EQ(cache.bits_per_element(), cache.spec().bits_at(hd, 40)) << scheme << " hd " << hd;
+    }
+  }
+}
+
 TEST(TurboCache, SchemeThatCannotServeAHeadSizeSaysSo) {
   const CacheShape s = shape_of(4, 2, 8);
   try {
