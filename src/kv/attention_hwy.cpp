@@ -80,6 +80,22 @@ bool AttendHeadF32(const float* q, const float* keys, const float* values, int n
   return AttendHeadT(q, keys, values, n_pos, head_dim, scale, out);
 }
 
+// vcvtps2ph rounds to nearest even (MXCSR's default), as f32_to_fp16 does;
+// Highway's emulation on targets without F16C is not promised to, so those
+// keep the scalar conversion.
+void ToFp16(const float* x, fp16_t* out, size_t n) {
+  size_t i = 0;
+#if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX2
+  const hn::ScalableTag<float> df;
+  const hn::Rebind<hwy::float16_t, decltype(df)> dh;
+  const size_t N = hn::Lanes(df);
+  for (; i + N <= n; i += N) {
+    hn::StoreU(hn::DemoteTo(dh, hn::LoadU(df, x + i)), dh, reinterpret_cast<hwy::float16_t*>(out + i));
+  }
+#endif
+  for (; i < n; ++i) out[i] = f32_to_fp16(x[i]);
+}
+
 }  // namespace HWY_NAMESPACE
 }  // namespace turbokv::kv::detail
 HWY_AFTER_NAMESPACE();
@@ -88,6 +104,9 @@ HWY_AFTER_NAMESPACE();
 namespace turbokv::kv::detail {
 HWY_EXPORT(AttendHeadF16);
 HWY_EXPORT(AttendHeadF32);
+HWY_EXPORT(ToFp16);
+
+void to_fp16(const float* x, fp16_t* out, size_t n) { HWY_DYNAMIC_DISPATCH(ToFp16)(x, out, n); }
 
 bool attend_head_fast(const float* q, const fp16_t* keys, const fp16_t* values, int n_pos, int head_dim, float scale,
                       float* out) {

@@ -3,6 +3,8 @@
 // against the other.
 #pragma once
 
+#include <cstddef>
+
 #include "util/fp16.h"
 
 namespace turbokv::kv::detail {
@@ -18,5 +20,10 @@ bool attend_head_fast(const float* q, const fp16_t* keys, const fp16_t* values, 
                       float* out);
 bool attend_head_fast(const float* q, const float* keys, const float* values, int n_pos, int head_dim, float scale,
                       float* out);
+
+// out[i] = f32_to_fp16(x[i]) (round to nearest even) for i < n, bit for bit
+// except NaN payloads: the F16C conversion where the CPU has it (AVX2 and
+// up), the scalar one elsewhere.   x, out: (n)
+void to_fp16(const float* x, fp16_t* out, size_t n);
 
 }  // namespace turbokv::kv::detail

@@ -137,9 +137,14 @@ void DenseKvCache<T>::store(int layer, const float* k, const float* v) {
       const float* vs = v + (size_t(t) * nkv + h) * hd;
       T* kd = keys_.data() + offset(layer, h, n_tokens_ + t);
       T* vd = values_.data() + offset(layer, h, n_tokens_ + t);
-      for (int i = 0; i < hd; ++i) {
-        kd[i] = DenseElement<T>::encode(ks[i]);
-        vd[i] = DenseElement<T>::encode(vs[i]);
+      if constexpr (std::is_same_v<T, fp16_t>) {
+        detail::to_fp16(ks, kd, size_t(hd));
+        detail::to_fp16(vs, vd, size_t(hd));
+      } else {
+        for (int i = 0; i < hd; ++i) {
+          kd[i] = DenseElement<T>::encode(ks[i]);
+          vd[i] = DenseElement<T>::encode(vs[i]);
+        }
       }
     }
   }

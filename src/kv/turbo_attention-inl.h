@@ -6,8 +6,8 @@
 // chunk is the E = N * S consecutive elements whose indices fill S index
 // vectors of N lanes: for B = 2, 4, 8 the chunk is N bytes and lane l of
 // sub-vector k is element S*l + k (bits [B*k, B*k + B) of byte l); for B = 3
-// it is 3N bytes (N little-endian 24-bit words, LoadInterleaved3) and lane l
-// of sub-vector k is element 8l + k. Queries and outputs are held in that
+// it is 3N bytes (N little-endian 24-bit words, one per 32-bit lane: Words3)
+// and lane l of sub-vector k is element 8l + k. Queries and outputs are held in that
 // "chunk order" (Permute / Unpermute below) so no index ever moves across
 // lanes: widening to 32 bits is one PromoteTo, expansion to centroid values
 // one TableLookupLanes (two and a select when the codebook is wider than a
@@ -50,7 +50,7 @@ HWY_INLINE float Fp16At(const uint8_t* p) {
   return hn::GetLane(hn::PromoteTo(d1, hn::LoadU(dh1, reinterpret_cast<const hwy::float16_t*>(p))));
 }
 
-// The S index vectors (u8 lanes) of one chunk starting at byte p.
+// The S index vectors (u8 lanes) of one chunk starting at byte p (B = 2, 4, 8).
 template <int B, class DU8>
 HWY_INLINE void ExtractIndices(DU8 du8, const uint8_t* HWY_RESTRICT p, hn::Vec<DU8>* out) {
   if constexpr (B == 8) {
@@ -59,28 +59,55 @@ HWY_INLINE void ExtractIndices(DU8 du8, const uint8_t* HWY_RESTRICT p, hn::Vec<D
     const auto v = hn::LoadU(du8, p);
     out[0] = hn::And(v, hn::Set(du8, 0x0F));
     out[1] = hn::ShiftRight<4>(v);
-  } else if constexpr (B == 2) {
+  } else {
+    static_assert(B == 2, "byte-packed widths are 2, 4, 8; 3 bits use Words3");
     const auto v = hn::LoadU(du8, p);
     const auto m = hn::Set(du8, 0x03);
     out[0] = hn::And(v, m);
     out[1] = hn::And(hn::ShiftRight<2>(v), m);
     out[2] = hn::And(hn::ShiftRight<4>(v), m);
     out[3] = hn::ShiftRight<6>(v);
-  } else {
-    static_assert(B == 3, "fused widths are 2, 3, 4, 8");
-    hn::Vec<DU8> b0, b1, b2;  // bytes 3l, 3l + 1, 3l + 2 of word l
-    hn::LoadInterleaved3(du8, p, b0, b1, b2);
-    const auto m7 = hn::Set(du8, 0x07);
-    out[0] = hn::And(b0, m7);
-    out[1] = hn::And(hn::ShiftRight<3>(b0), m7);
-    out[2] = hn::Or(hn::ShiftRight<6>(b0), hn::ShiftLeft<2>(hn::And(b1, hn::Set(du8, 0x01))));
-    out[3] = hn::And(hn::ShiftRight<1>(b1), m7);
-    out[4] = hn::And(hn::ShiftRight<4>(b1), m7);
-    out[5] = hn::Or(hn::ShiftRight<7>(b1), hn::ShiftLeft<1>(hn::And(b2, hn::Set(du8, 0x03))));
-    out[6] = hn::And(hn::ShiftRight<2>(b2), m7);
-    out[7] = hn::ShiftRight<5>(b2);
   }
 }
+
+// 3-bit indices straight into 32-bit lanes: lane l of a chunk's word vector
+// holds the chunk's 24-bit word l (bytes 3l..3l+2), and sub-vector k is
+// (word >> 3k) & 7, so each index vector costs a shift and a mask, with no
+// byte unpacking or widening. The 3N bytes are loaded as 3N/4 dwords (a
+// masked load: nothing past the chunk is read), a lane permute gives 128-bit
+// block b the dwords 3b..3b+2, and a byte shuffle inside each block spreads
+// its 12 bytes over 4 lanes.
+template <class DI>
+struct Words3 {
+  using DU = hn::RebindToUnsigned<DI>;
+  using DU8 = hn::Repartition<uint8_t, DU>;
+  static constexpr size_t N = hn::MaxLanes(DI());
+  decltype(hn::IndicesFromVec(DU(), hn::Zero(DU()))) perm;
+  hn::Vec<DU8> spread;
+  explicit Words3(DI) : perm(hn::IndicesFromVec(DU(), hn::Zero(DU()))) {
+    const DU du;
+    const DU8 d8;
+    const auto lane = hn::Iota(du, 0);
+    const auto three = hn::Set(du, 3u);
+    perm = hn::IndicesFromVec(du, hn::Add(hn::Mul(hn::ShiftRight<2>(lane), three), hn::Min(hn::And(lane, three), hn::Set(du, 2u))));
+    HWY_ALIGN uint8_t pattern[hn::MaxLanes(DU8())];
+    for (size_t j = 0; j < hn::Lanes(d8); ++j) {
+      const size_t r = j & 3, q = (j & 15) >> 2;
+      pattern[j] = r == 3 ? uint8_t(0x80) : uint8_t(3 * q + r);
+    }
+    spread = hn::Load(d8, pattern);
+  }
+  HWY_INLINE hn::Vec<DI> Load(DI di, const uint8_t* HWY_RESTRICT p) const {
+    const DU du;
+    const auto raw = hn::MaskedLoad(hn::FirstN(du, 3 * N / 4), du, reinterpret_cast<const uint32_t*>(p));
+    const auto moved = hn::BitCast(DU8(), hn::TableLookupLanes(raw, perm));
+    return hn::BitCast(di, hn::TableLookupBytesOr0(moved, spread));
+  }
+  // Index vector k of a word vector.
+  static HWY_INLINE hn::Vec<DI> Sub(DI di, hn::Vec<DI> words, int k) {
+    return hn::And(hn::ShiftRightSame(words, 3 * k), hn::Set(di, 7));
+  }
+};
 
 // Group scales, lane by lane. Lane l of every index vector of chunk c holds an
 // element of group (c*E + S*l) / G (G, a multiple of S, is a power of two), so
@@ -178,10 +205,14 @@ HWY_INLINE void DotRecords(DF df, const uint8_t* HWY_RESTRICT rec, size_t rec_by
   const LaneGroups<S, DF> lane_groups(df, group);
   hn::Vec<DF> scales[R];  // (R) the records' group scales
   for (int rr = 0; rr < R; ++rr) scales[rr] = kGroup ? RecordScales(df, rec + rr * rec_bytes) : hn::Zero(df);
+  [[maybe_unused]] const Words3<decltype(di)> words3(di);
   for (int c = 0; c < n_chunks; ++c) {
-    hn::Vec<decltype(du8)> iv[R][S];
+    constexpr bool kWords = B == 3;
+    hn::Vec<decltype(du8)> iv[R][kWords ? 1 : S];
+    hn::Vec<decltype(di)> words[R];
     for (int rr = 0; rr < R; ++rr) {
-      ExtractIndices<B>(du8, rec + rr * rec_bytes + index_offset + c * kChunkBytes, iv[rr]);
+      const uint8_t* p = rec + rr * rec_bytes + index_offset + c * kChunkBytes;
+      if constexpr (kWords) words[rr] = words3.Load(di, p); else ExtractIndices<B>(du8, p, iv[rr]);
     }
     hn::Vec<DF> gs[R];  // per-lane group scales of this chunk, per record
     if constexpr (kGroup) {
@@ -201,7 +232,9 @@ HWY_INLINE void DotRecords(DF df, const uint8_t* HWY_RESTRICT rec, size_t rec_by
       hn::Vec<DF> qv[NQ];
       for (int j = 0; j < NQ; ++j) qv[j] = hn::LoadU(df, q + size_t(j) * hd);
       for (int rr = 0; rr < R; ++rr) {
-        auto cv = centroids(df, hn::PromoteTo(di, iv[rr][k]));
+        hn::Vec<decltype(di)> idx;
+        if constexpr (kWords) idx = Words3<decltype(di)>::Sub(di, words[rr], k); else idx = hn::PromoteTo(di, iv[rr][k]);
+        auto cv = centroids(df, idx);
         if constexpr (kScaleChunk) {
           for (int j = 0; j < NQ; ++j) part[rr * NQ + j] = hn::MulAdd(qv[j], cv, part[rr * NQ + j]);
         } else {
@@ -231,17 +264,37 @@ void ScoreRecords(const uint8_t* HWY_RESTRICT rec0, size_t rec_bytes, uint32_t i
   int r = 0;
 #if HWY_TARGET != HWY_SCALAR
   constexpr int N = int(hn::MaxLanes(df));
-  constexpr int R = NQ >= 8 ? 1 : NQ == 4 ? 2 : 4;
+  // 4 records per step where the registers allow (16 accumulators for 4
+  // heads need 32 vector registers, and twice that when group scales are
+  // applied per chunk): then one 4-way reduction gives one head's dots of 4
+  // consecutive records, stored as one vector.
+#if HWY_ARCH_X86 && HWY_TARGET > HWY_AVX3
+  constexpr bool kFewRegisters = true;
+#else
+  constexpr bool kFewRegisters = false;
+#endif
+  constexpr bool kScaleChunk = kGroup && NQ < kSubVectors<B>;  // as in DotRecords
+  constexpr int R = NQ >= 8 ? 1 : NQ == 4 && (kFewRegisters || kScaleChunk) ? 2 : 4;
   if constexpr (N >= 4) {
     for (; r + R <= n; r += R) {
       const uint8_t* rec = rec0 + size_t(r) * rec_bytes;
       hn::Vec<DF> acc[R * NQ];
       DotRecords<B, kGroup, NQ, R>(df, rec, rec_bytes, index_offset, hd, group, qp, centroids, acc);
       alignas(64) float sums[R * NQ];
-      for (int v = 0; v < R * NQ; v += 4) Sum4(df, acc[v], acc[v + 1], acc[v + 2], acc[v + 3], sums + v);
-      for (int rr = 0; rr < R; ++rr) {
-        const float norm = kGroup ? 1.0f : Fp16At(rec + rr * rec_bytes);
-        for (int j = 0; j < NQ; ++j) dots[j * kBlock + r + rr] = norm * sums[rr * NQ + j];
+      if constexpr (R == 4) {  // sums (NQ, 4): head j's dots of records r..r+3
+        alignas(16) float norms[4];
+        for (int rr = 0; rr < 4; ++rr) norms[rr] = kGroup ? 1.0f : Fp16At(rec + rr * rec_bytes);
+        const hn::CappedTag<float, 4> d4;
+        for (int j = 0; j < NQ; ++j) {
+          Sum4(df, acc[j], acc[NQ + j], acc[2 * NQ + j], acc[3 * NQ + j], sums + 4 * j);
+          hn::StoreU(hn::Mul(hn::Load(d4, norms), hn::Load(d4, sums + 4 * j)), d4, dots + j * kBlock + r);
+        }
+      } else {  // sums (R, NQ)
+        for (int v = 0; v < R * NQ; v += 4) Sum4(df, acc[v], acc[v + 1], acc[v + 2], acc[v + 3], sums + v);
+        for (int rr = 0; rr < R; ++rr) {
+          const float norm = kGroup ? 1.0f : Fp16At(rec + rr * rec_bytes);
+          for (int j = 0; j < NQ; ++j) dots[j * kBlock + r + rr] = norm * sums[rr * NQ + j];
+        }
       }
     }
   }
@@ -277,7 +330,8 @@ void AccumulateRecords(const uint8_t* HWY_RESTRICT rec0, size_t rec_bytes, uint3
   constexpr int kChunkBytes = E * B / 8;
   constexpr int KH = S < 16 / NQ ? S : (16 / NQ < 1 ? 1 : 16 / NQ);  // index vectors per pass
   static_assert(S % KH == 0, "passes must tile the chunk");
-  constexpr bool kStage = KH < S;  // several passes: widen the indices once
+  constexpr bool kWords = B == 3;  // 3 bits: re-read the words each pass (cheaper than staging bytes)
+  constexpr bool kStage = KH < S && !kWords;  // several passes: widen the indices once
   const Centroids<B, DF> centroids(df, table);
   // Weights times the current group's scale (mse: the norm).   (NQ, kBlock)
   HWY_ALIGN float wg[NQ * kBlock];
@@ -292,6 +346,7 @@ void AccumulateRecords(const uint8_t* HWY_RESTRICT rec0, size_t rec_bytes, uint3
   if constexpr (!kGroup || kSpan) fold(0);
   const int n_chunks = hd / E;
   const LaneGroups<S, DF> lane_groups(df, group);
+  [[maybe_unused]] const Words3<decltype(di)> words3(di);
   int folded_group = -1;
   for (int c = 0; c < n_chunks; ++c) {
     const uint32_t offset = index_offset + uint32_t(c * kChunkBytes);
@@ -312,8 +367,11 @@ void AccumulateRecords(const uint8_t* HWY_RESTRICT rec0, size_t rec_bytes, uint3
       for (int v = 0; v < NQ * KH; ++v) acc[v] = hn::Zero(df);
       for (int r = 0; r < n; ++r) {
         const uint8_t* rec = rec0 + size_t(r) * rec_bytes;
-        hn::Vec<decltype(du8)> iv[S];
-        if constexpr (kStage) {
+        hn::Vec<decltype(du8)> iv[kWords ? 1 : S];
+        hn::Vec<decltype(di)> words;
+        if constexpr (kWords) {
+          words = words3.Load(di, rec + offset);
+        } else if constexpr (kStage) {
           for (int kk = 0; kk < KH; ++kk) iv[k0 + kk] = hn::Load(du8, staged + (r * S + k0 + kk) * N);
         } else {
           ExtractIndices<B>(du8, rec + offset, iv);
@@ -321,7 +379,9 @@ void AccumulateRecords(const uint8_t* HWY_RESTRICT rec0, size_t rec_bytes, uint3
         hn::Vec<DF> gs;  // per-lane group scales of this chunk
         if constexpr (kSpan) gs = hn::TableLookupLanes(RecordScales(df, rec), gidx);
         for (int kk = 0; kk < KH; ++kk) {
-          auto cv = centroids(df, hn::PromoteTo(di, iv[k0 + kk]));
+          hn::Vec<decltype(di)> idx;
+          if constexpr (kWords) idx = Words3<decltype(di)>::Sub(di, words, k0 + kk); else idx = hn::PromoteTo(di, iv[k0 + kk]);
+          auto cv = centroids(df, idx);
           if constexpr (kSpan) cv = hn::Mul(cv, gs);
           for (int j = 0; j < NQ; ++j) {
             acc[j * KH + kk] = hn::MulAdd(hn::Set(df, wg[j * kBlock + r]), cv, acc[j * KH + kk]);
@@ -403,11 +463,16 @@ inline bool PlanFused(const codec::Codec& codec, int hd, FusedPlan& plan) {
   bool ok = false;
   if (s.kind == codec::CodecKind::Mse) {
     ok = PlanKind<false>(s.bits, hd, hd, codec.record_bytes(), plan);
+  } else if (s.kind == codec::CodecKind::Group && s.effective_group() >= hd) {
+    // One group per record (turbo<B>'s g128 at head size 128): its one
+    // scale, at offset 0 like mse's norm, multiplies each dot once after the
+    // lane sum instead of every lane of every chunk before it.
+    ok = PlanKind<false>(s.bits, hd, hd, codec.record_bytes(), plan);
   } else if (s.kind == codec::CodecKind::Group) {
     ok = PlanKind<true>(s.bits, hd, s.effective_group(), codec.record_bytes(), plan);
   }
   if (!ok) return false;
-  plan.group = s.kind == codec::CodecKind::Group ? s.effective_group() : hd;
+  plan.group = s.kind == codec::CodecKind::Group ? std::min(s.effective_group(), hd) : hd;
   plan.index_offset = codec.layout().index_offset;
   plan.record_bytes = codec.record_bytes();
   return true;

@@ -11,7 +11,8 @@
 //           (TableLookupLanes: the whole 4-bit codebook sits in one AVX-512
 //           register), then FMA'd with every query head of the group, so each
 //           record is unpacked once per group; mse multiplies each dot by the
-//           record's norm, group scales lanes by their group's scale (one
+//           record's norm, and so does group with one group per record;
+//           group scales lanes by their group's scale otherwise (one
 //           permute of the record's fp16 scales per chunk). Dots of 4
 //           (record, head) pairs are reduced together.
 //   softmax one online-softmax update per block (vectorized exp).

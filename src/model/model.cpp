@@ -233,9 +233,8 @@ void Model::forward_batch(const int32_t* tokens, int n, kv::KvCache& cache, Phas
   for (int l = 0; l < c.n_layer; ++l) {
     const LayerWeights& L = weights_.layers[size_t(l)];
     for (int i = 0; i < n; ++i) rms_norm(x + size_t(i) * d, L.attn_norm.data(), d, c.norm_eps, xn + size_t(i) * d);
-    mul(L.wq, xn, n, q, pool);
-    mul(L.wk, xn, n, k, pool);
-    mul(L.wv, xn, n, v, pool);
+    const ops::Product qkv[] = {{L.wq, q}, {L.wk, k}, {L.wv, v}};
+    ops::matmul(qkv, xn, n, pool);
     add_bias(q, L.bq, n);
     add_bias(k, L.bk, n);
     add_bias(v, L.bv, n);
@@ -255,8 +254,8 @@ void Model::forward_batch(const int32_t* tokens, int n, kv::KvCache& cache, Phas
     for (size_t i = 0; i < size_t(n) * d; ++i) x[i] += proj[i];
 
     for (int i = 0; i < n; ++i) rms_norm(x + size_t(i) * d, L.ffn_norm.data(), d, c.norm_eps, xn + size_t(i) * d);
-    mul(L.w_gate, xn, n, gate, pool);
-    mul(L.w_up, xn, n, up, pool);
+    const ops::Product gate_up[] = {{L.w_gate, gate}, {L.w_up, up}};
+    ops::matmul(gate_up, xn, n, pool);
     for (size_t i = 0; i < size_t(n) * ff; ++i) {
       const float g = gate[i];
       gate[i] = g / (1.0f + std::exp(-g)) * up[i];  // SwiGLU: silu(gate) * up

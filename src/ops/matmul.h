@@ -5,6 +5,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <span>
 
 #include "ops/tensor_type.h"
 #include "util/thread_pool.h"
@@ -33,6 +34,18 @@ void matvec(const WeightView& w, const float* x, float* y, ThreadPool& pool);
 // to Q8_0 blocks (as llama.cpp does), then integer dot products per block;
 // that adds an error of at most sum_block(sum|w|) * amax_x_block / 254.
 void matmul(const WeightView& w, const float* x, int64_t n, float* y, ThreadPool& pool);
+
+// One product of a group: Y = X W^T into y (n, w.rows).
+struct Product {
+  WeightView w;
+  float* y;
+};
+
+// Several products of one input X (n, cols), e.g. the q/k/v or gate/up
+// projections: the activations are prepared (transposed or quantized) once,
+// and the rows of all products are split over the pool in one parallel
+// region. Each result equals its own matmul() bit for bit.
+void matmul(std::span<const Product> products, const float* x, int64_t n, ThreadPool& pool);
 
 // Dequantizes one row (for embedding lookups).   out: (cols)
 void dequantize_row(const WeightView& w, int64_t row, float* out);

@@ -8,7 +8,9 @@
 // Tokens are processed in chunks whose activations fit in L2, so the
 // weights are re-read from L3/memory only once per chunk.
 //
-// Float weights (F32/F16/BF16) are widened to f32 in registers and FMA'd.
+// Float weights (F32/F16/BF16) are widened to f32 in registers and FMA'd;
+// with 32 tokens or more they take the tokens-in-lanes kernel below instead
+// (activations transposed once per call, outer products, no horizontal sums).
 // Q8_0/Q4_0 weights are widened to int16 per row tile and multiplied with
 // int16-widened Q8_0 activations (vpmaddwd: int16 x int16 -> int32 pairs),
 // one float scale d_w * d_x per 32-element block, as in llama.cpp's
@@ -16,6 +18,7 @@
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "ops/matmul_hwy.cpp"
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
+#include "hwy/cache_control.h"
 #include "hwy/highway.h"
 
 #include <algorithm>
@@ -110,15 +113,26 @@ HWY_INLINE float ScalarWeight(const hwy::bfloat16_t* p, size_t i) {
 }
 
 // y[t * y_stride + r] for an R x T tile at weight rows w[0..R), tokens x[0..T).
+// If `next` is not null, the tile's rows are contiguous and `next` points at
+// the following tile's: it is prefetched as this one streams, a step of
+// R * lanes weights per iteration (decode reads each weight once, from L3 or
+// memory, and the hardware prefetcher does not follow R interleaved streams
+// that are only a few lines long).
 template <int R, int T, typename WT>
-HWY_INLINE void FloatTile(const WT* const* w, const float* x, size_t cols, float* y, size_t y_stride) {
+HWY_INLINE void FloatTile(const WT* const* w, const float* x, size_t cols, float* y, size_t y_stride,
+                          const uint8_t* next = nullptr) {
   const hn::ScalableTag<float> df;
   const size_t N = hn::Lanes(df);
   hn::Vec<decltype(df)> acc[R][T];
   for (int r = 0; r < R; ++r)
     for (int t = 0; t < T; ++t) acc[r][t] = hn::Zero(df);
   size_t c = 0;
+  const size_t step = R * N * sizeof(WT);  // bytes of `next` per iteration
   for (; c + N <= cols; c += N) {
+    if (next != nullptr) {
+      for (size_t b = 0; b < step; b += 64) hwy::Prefetch(next + b);
+      next += step;
+    }
     hn::Vec<decltype(df)> xv[T];
     for (int t = 0; t < T; ++t) xv[t] = hn::LoadU(df, x + t * cols + c);
     for (int r = 0; r < R; ++r) {
@@ -151,12 +165,16 @@ HWY_INLINE void FloatRowTile(const WT* const* w, const float* x, int64_t n, size
 
 // Widens rows of F16/BF16 weights to f32 (exact), once per row tile and token
 // chunk, so the prefill inner loop has no conversions.
+// `ahead`, if not null, is a row needed soon: it is prefetched alongside.
 template <typename WT>
-void WidenRow(const WT* w, size_t cols, float* out) {
+void WidenRow(const WT* w, size_t cols, float* out, const WT* ahead = nullptr) {
   const hn::ScalableTag<float> df;
   const size_t N = hn::Lanes(df);
   size_t c = 0;
-  for (; c + N <= cols; c += N) hn::StoreU(LoadWeights(df, w + c), df, out + c);
+  for (; c + N <= cols; c += N) {
+    if (ahead != nullptr) hwy::Prefetch(ahead + c);
+    hn::StoreU(LoadWeights(df, w + c), df, out + c);
+  }
   for (; c < cols; ++c) out[c] = ScalarWeight(w, c);
 }
 
@@ -181,91 +199,223 @@ HWY_INLINE void FloatRowGroup(const WeightView& wv, int64_t r, const float* xc, 
   FloatRowTile<R>(w, xc, nt, cols, yc + r, rows);
 }
 
-// ---- float weights, prefill: packed panels --------------------------------
+// ---- float weights, prefill: tokens in lanes -------------------------------
 //
 // For many tokens the dot-product tiles above are limited by re-reading the
-// activations from L2 and by horizontal sums. Here a panel of P = 2 vectors
-// of rows is widened to f32 and transposed once, packed[c][p] (cols, P), and
-// the kernel is an outer product: y[t, panel] += packed[c] * x[t, c], with
-// 2 x kPanelTokens accumulators, one broadcast per token and two loads per
-// column, no horizontal sums. Each (row, token) result is one sequential FMA
-// chain over the columns, independent of tiling and thread count.
-constexpr int kPanelVectors = 2;
-constexpr int kPanelTokens = 12;
-// Below this many tokens the packing cost is not repaid.
-constexpr int64_t kMinTokensForPanels = 32;
+// activations and by horizontal sums. Here the activations are transposed
+// once per call into blocks of kLaneVectors vectors of tokens,
+// xt[block][c][lane] (cols, B) with B = kLaneVectors * lanes, and the kernel
+// is an outer product: y[rows of tile, tokens of block] += w[r][c] * xt[c],
+// with kLaneRows x kLaneVectors accumulators, one broadcast per row and
+// kLaneVectors loads per column, no horizontal sums. Weight rows are widened
+// to f32 once per row tile (row-major, vectorized); the activations'
+// transposition costs O(n cols), not O(rows cols). Each (row, token) result
+// is one sequential FMA chain over the columns, independent of tiling and
+// thread count.
+constexpr int kLaneVectors = 2;
+// Rows per tile: kLaneRows x kLaneVectors accumulators plus kLaneVectors
+// activation vectors and one broadcast must fit the register file (32
+// vectors on AVX-512/NEON/SVE, 16 on AVX2 and older x86), and the row
+// pointers the general-purpose registers.
+#if HWY_ARCH_X86 && HWY_TARGET > HWY_AVX3
+constexpr int kLaneRows = 6;
+#else
+constexpr int kLaneRows = 8;
+#endif
+// Token blocks per chunk: a chunk's activations, chunk * B * cols floats
+// (B = 32 tokens on AVX-512), stay in L2 while every row tile streams them.
+constexpr int64_t kLaneChunkBlocks = 4;
 
-template <int T>
-HWY_INLINE void PanelTile(const float* packed, size_t P, const float* x, size_t cols, float* y, size_t y_stride,
-                          size_t valid_rows) {
+HWY_INLINE size_t LaneBlockTokens() { return kLaneVectors * hn::Lanes(hn::ScalableTag<float>()); }
+
+size_t TokenBlock() { return LaneBlockTokens(); }
+
+// Token blocks [b0, b1) of x (n, cols) into xt (blocks, cols, B); tokens past
+// n are zero.
+#if HWY_TARGET != HWY_SCALAR
+// Transposes four vectors in 4 x 4 tiles: 128-bit block k of out row i holds
+// lane 4k + i of a, b, c, d, in that order.   out: (4, lanes)
+template <class DF, class V>
+HWY_INLINE void Transpose4(DF df, V a, V b, V c, V d, float* HWY_RESTRICT out) {
+  const hn::RepartitionToWide<DF> dw;
+  const size_t N = hn::Lanes(df);
+  // Per 128-bit block: ab_lo = [a0 b0 a1 b1], ab_hi = [a2 b2 a3 b3], likewise cd.
+  const auto ab_lo = hn::BitCast(dw, hn::InterleaveLower(df, a, b));
+  const auto ab_hi = hn::BitCast(dw, hn::InterleaveUpper(df, a, b));
+  const auto cd_lo = hn::BitCast(dw, hn::InterleaveLower(df, c, d));
+  const auto cd_hi = hn::BitCast(dw, hn::InterleaveUpper(df, c, d));
+  hn::Store(hn::BitCast(df, hn::InterleaveLower(dw, ab_lo, cd_lo)), df, out);
+  hn::Store(hn::BitCast(df, hn::InterleaveUpper(dw, ab_lo, cd_lo)), df, out + N);
+  hn::Store(hn::BitCast(df, hn::InterleaveLower(dw, ab_hi, cd_hi)), df, out + 2 * N);
+  hn::Store(hn::BitCast(df, hn::InterleaveUpper(dw, ab_hi, cd_hi)), df, out + 3 * N);
+}
+#endif
+
+// Four tokens at a time, N columns at a time, are transposed in registers:
+// two rounds of interleaving turn the 4 x N tile into N columns of 4 tokens
+// (one per 128-bit block), stored 16 bytes each.
+void PackTokens(const float* x, int64_t n, int64_t cols, size_t b0, size_t b1, float* xt) {
+  const size_t B = LaneBlockTokens(), C = size_t(cols);
+  auto scalar = [&](size_t b, size_t j, size_t c0) {  // token b*B + j, columns [c0, C)
+    const size_t t = b * B + j;
+    for (size_t c = c0; c < C; ++c) xt[(b * C + c) * B + j] = t < size_t(n) ? x[t * C + c] : 0.0f;
+  };
+#if HWY_TARGET == HWY_SCALAR
+  for (size_t b = b0; b < b1; ++b)
+    for (size_t j = 0; j < B; ++j) scalar(b, j, 0);
+#else
+  const hn::ScalableTag<float> df;
+  const size_t N = hn::Lanes(df);
+  HWY_ALIGN float cols4[4 * hn::MaxLanes(decltype(df)())];  // (4, N): N / 4 columns of 4 tokens each
+  for (size_t b = b0; b < b1; ++b) {
+    float* out = xt + b * C * B;
+    for (size_t j = 0; j < B; j += 4) {
+      const size_t t = b * B + j;
+      auto row = [&](size_t i, size_t c) {
+        return t + i < size_t(n) ? hn::LoadU(df, x + (t + i) * C + c) : hn::Zero(df);
+      };
+      size_t c = 0;
+      for (; c + N <= C; c += N) {
+        Transpose4(df, row(0, c), row(1, c), row(2, c), row(3, c), cols4);  // row i, block k: column 4k + i
+        for (size_t k = 0; k < N / 4; ++k) {
+          for (size_t i = 0; i < 4; ++i) std::memcpy(out + (c + 4 * k + i) * B + j, cols4 + i * N + 4 * k, 4 * sizeof(float));
+        }
+      }
+      for (size_t i = 0; i < 4; ++i) scalar(b, j + i, c);
+    }
+  }
+#endif
+}
+
+// y[t * y_stride + r] for R <= 8 rows w[0..R) (f32, cols each) and the
+// first `valid` tokens of one packed block xb (cols, B).
+template <int R>
+HWY_INLINE void LaneTile(const float* const* w, const float* xb, size_t cols, float* y, size_t y_stride,
+                         size_t valid) {
+  static_assert(R >= 1 && R <= 8 && kLaneVectors == 2, "up to 8 rows, two activation vectors per column");
   const hn::ScalableTag<float> df;
   const size_t N = hn::Lanes(df);
   using V = hn::Vec<decltype(df)>;
   // Accumulators as named locals: g++ 12 keeps an array of them in registers
   // but also stores it to the stack on every iteration.
-  V a0[T], a1[T];
-  static_assert(kPanelVectors == 2, "two accumulators per token");
-#pragma GCC unroll 16
-  for (int t = 0; t < T; ++t) { a0[t] = hn::Zero(df); a1[t] = hn::Zero(df); }
-  const float* xt[T];
-#pragma GCC unroll 16
-  for (int t = 0; t < T; ++t) xt[t] = x + size_t(t) * cols;
+#define TKV_LANE_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7)
+#define TKV_LANE_INIT(k) V a##k = hn::Zero(df), b##k = hn::Zero(df); const float* w##k = w[R > k ? k : 0];
+  TKV_LANE_ROWS(TKV_LANE_INIT)
   for (size_t c = 0; c < cols; ++c) {
-    const V w0 = hn::LoadU(df, packed + c * P);
-    const V w1 = hn::LoadU(df, packed + c * P + N);
-#pragma GCC unroll 16
-    for (int t = 0; t < T; ++t) {
-      const V xb = hn::Set(df, xt[t][c]);
-      a0[t] = hn::MulAdd(w0, xb, a0[t]);
-      a1[t] = hn::MulAdd(w1, xb, a1[t]);
+    const V x0 = hn::LoadU(df, xb + c * 2 * N);
+    const V x1 = hn::LoadU(df, xb + c * 2 * N + N);
+#define TKV_LANE_FMA(k)                     \
+    if constexpr (R > k) {                  \
+      const V wb = hn::Set(df, w##k[c]);    \
+      a##k = hn::MulAdd(wb, x0, a##k);      \
+      b##k = hn::MulAdd(wb, x1, b##k);      \
+    }
+    TKV_LANE_ROWS(TKV_LANE_FMA)
+  }
+#if HWY_TARGET != HWY_SCALAR
+  if constexpr (R % 4 == 0) {
+    // Rows in fours: a 4 x 4 transpose gives each token's 4 results as one 16-byte store.
+    HWY_ALIGN float tr[4 * hn::MaxLanes(decltype(df)())];
+    auto put = [&](V v0, V v1, V v2, V v3, size_t row, size_t t0) {  // rows [row, row + 4), tokens t0..
+      Transpose4(df, v0, v1, v2, v3, tr);
+      for (size_t k = 0; k < N / 4; ++k) {
+        for (size_t i = 0; i < 4; ++i) {
+          const size_t t = t0 + 4 * k + i;
+          if (t < valid) std::memcpy(y + t * y_stride + row, tr + i * N + 4 * k, 4 * sizeof(float));
+        }
+      }
+    };
+    put(a0, a1, a2, a3, 0, 0);
+    put(b0, b1, b2, b3, 0, N);
+    if constexpr (R == 8) {
+      put(a4, a5, a6, a7, 4, 0);
+      put(b4, b5, b6, b7, 4, N);
+    }
+    return;
+  }
+#endif
+  HWY_ALIGN float buf[2 * hn::MaxLanes(decltype(df)())];
+#define TKV_LANE_STORE(k)                                                          \
+  if constexpr (R > k) {                                                           \
+    hn::Store(a##k, df, buf);                                                      \
+    hn::Store(b##k, df, buf + N);                                                  \
+    for (size_t t = 0; t < valid; ++t) y[t * y_stride + size_t(k)] = buf[t];       \
+  }
+  TKV_LANE_ROWS(TKV_LANE_STORE)
+#undef TKV_LANE_STORE
+#undef TKV_LANE_FMA
+#undef TKV_LANE_INIT
+#undef TKV_LANE_ROWS
+}
+
+template <int R, typename WT>
+HWY_INLINE void LaneRowTile(const WeightView& wv, int64_t r, const float* xt, size_t b0, size_t b1, int64_t n,
+                            float* y, float* widened) {
+  const size_t cols = size_t(wv.cols), rows = size_t(wv.rows), B = LaneBlockTokens();
+  const size_t stride = cols * sizeof(WT);
+  const uint8_t* base = static_cast<const uint8_t*>(wv.data) + size_t(r) * stride;
+  const float* w[R];
+  for (int i = 0; i < R; ++i) {
+    const WT* row = reinterpret_cast<const WT*>(base + size_t(i) * stride);
+    if constexpr (std::is_same_v<WT, float>) {
+      w[i] = row;
+    } else {
+      // The next tile's rows are fetched from L3/memory while this tile computes.
+      const WT* ahead = r + R + i < wv.rows ? reinterpret_cast<const WT*>(base + size_t(R + i) * stride) : nullptr;
+      WidenRow(row, cols, widened + size_t(i) * cols, ahead);
+      w[i] = widened + size_t(i) * cols;
     }
   }
-  HWY_ALIGN float buf[T][kPanelVectors * hn::MaxLanes(decltype(df)())];
-#pragma GCC unroll 16
-  for (int t = 0; t < T; ++t) {
-    hn::Store(a0[t], df, buf[t]);
-    hn::Store(a1[t], df, buf[t] + N);
+  for (size_t b = b0; b < b1; ++b) {
+    const size_t valid = std::min(B, size_t(n) - b * B);
+    LaneTile<R>(w, xt + b * cols * B, cols, y + b * B * rows + size_t(r), rows, valid);
   }
-  for (int t = 0; t < T; ++t) std::copy_n(buf[t], valid_rows, y + size_t(t) * y_stride);
 }
 
 template <typename WT>
-void PanelRowsT(const WeightView& wv, const float* x, int64_t n, float* y, int64_t r0, int64_t r1) {
-  const hn::ScalableTag<float> df;
-  const size_t P = kPanelVectors * hn::Lanes(df);
-  const size_t cols = size_t(wv.cols), rows = size_t(wv.rows);
-  std::vector<float> widened(P * cols);  // (P, cols) rows of the panel as f32
-  std::vector<float> packed(cols * P);   // (cols, P) the same, transposed
-  for (int64_t r = r0; r < r1; r += int64_t(P)) {
-    const size_t valid = std::min(P, size_t(r1 - r));
-    for (size_t p = 0; p < P; ++p) {
-      if (p < valid) WidenRow(reinterpret_cast<const WT*>(wv.row(r + int64_t(p))), cols, widened.data() + p * cols);
-      else std::fill_n(widened.data() + p * cols, cols, 0.0f);
-    }
-    for (size_t c = 0; c < cols; ++c)
-      for (size_t p = 0; p < P; ++p) packed[c * P + p] = widened[p * cols + c];
-    int64_t t = 0;
-    for (; t + kPanelTokens <= n; t += kPanelTokens) {
-      PanelTile<kPanelTokens>(packed.data(), P, x + t * int64_t(cols), cols, y + t * int64_t(rows) + r, rows, valid);
-    }
-    for (; t + 4 <= n; t += 4) PanelTile<4>(packed.data(), P, x + t * int64_t(cols), cols, y + t * int64_t(rows) + r, rows, valid);
-    for (; t < n; ++t) PanelTile<1>(packed.data(), P, x + t * int64_t(cols), cols, y + t * int64_t(rows) + r, rows, valid);
+void LaneRowsT(const WeightView& wv, const float* xt, int64_t n, float* y, int64_t r0, int64_t r1) {
+  const size_t B = LaneBlockTokens(), blocks = (size_t(n) + B - 1) / B;
+  std::vector<float> widened(std::is_same_v<WT, float> ? 0 : kLaneRows * size_t(wv.cols));  // (kLaneRows, cols)
+  for (size_t b0 = 0; b0 < blocks; b0 += kLaneChunkBlocks) {
+    const size_t b1 = std::min(blocks, b0 + size_t(kLaneChunkBlocks));
+    int64_t r = r0;
+    for (; r + kLaneRows <= r1; r += kLaneRows) LaneRowTile<kLaneRows, WT>(wv, r, xt, b0, b1, n, y, widened.data());
+    for (; r + 4 <= r1; r += 4) LaneRowTile<4, WT>(wv, r, xt, b0, b1, n, y, widened.data());
+    for (; r < r1; ++r) LaneRowTile<1, WT>(wv, r, xt, b0, b1, n, y, widened.data());
+  }
+}
+
+void MatmulFloatRowsPacked(const WeightView& w, const float* xt, int64_t n, float* y, int64_t r0, int64_t r1) {
+  switch (w.type) {
+    case TensorType::F32: return LaneRowsT<float>(w, xt, n, y, r0, r1);
+    case TensorType::F16: return LaneRowsT<hwy::float16_t>(w, xt, n, y, r0, r1);
+    case TensorType::BF16: return LaneRowsT<hwy::bfloat16_t>(w, xt, n, y, r0, r1);
+    default: HWY_ASSERT(false);
   }
 }
 
 template <typename WT>
 void FloatRowsT(const WeightView& wv, const float* x, int64_t n, float* y, int64_t r0, int64_t r1) {
-  if (n >= kMinTokensForPanels) return PanelRowsT<WT>(wv, x, n, y, r0, r1);
   const size_t cols = size_t(wv.cols), rows = size_t(wv.rows);
-  std::vector<float> widened(std::is_same_v<WT, float> ? 0 : 2 * kRowTile * cols);  // (rows in tile, cols)
+  // (rows in tile, cols) weights widened once for several token tiles; decode reads them in place.
+  std::vector<float> widened(std::is_same_v<WT, float> || n < kTokenTile ? 0 : 2 * kRowTile * cols);
   for (int64_t t0 = 0; t0 < n; t0 += kTokenChunk) {
     const int64_t nt = std::min(kTokenChunk, n - t0);
     const float* xc = x + t0 * int64_t(cols);
     float* yc = y + t0 * int64_t(rows);
     int64_t r = r0;
-    // Decode (one token) streams 8 rows at once for more independent FMA chains.
+    // Decode (one token) streams 8 rows at once for more independent FMA
+    // chains, prefetching the next 8.
     if (nt == 1) {
-      for (; r + 2 * kRowTile <= r1; r += 2 * kRowTile) FloatRowGroup<2 * kRowTile, WT>(wv, r, xc, nt, yc, widened);
+      constexpr int R = 2 * kRowTile;
+      const size_t stride = wv.row_stride_bytes();
+      for (; r + R <= r1; r += R) {
+        const uint8_t* base = static_cast<const uint8_t*>(wv.data) + size_t(r) * stride;
+        const WT* w[R];
+        for (int i = 0; i < R; ++i) w[i] = reinterpret_cast<const WT*>(base + size_t(i) * stride);
+        const uint8_t* next = r + 2 * R <= r1 ? base + R * stride : nullptr;
+        FloatTile<R, 1>(w, xc, cols, yc + r, rows, next);
+      }
     }
     for (; r + kRowTile <= r1; r += kRowTile) FloatRowGroup<kRowTile, WT>(wv, r, xc, nt, yc, widened);
     for (; r < r1; ++r) FloatRowGroup<1, WT>(wv, r, xc, nt, yc, widened);
@@ -432,11 +582,21 @@ HWY_AFTER_NAMESPACE();
 namespace turbokv::ops::detail {
 
 HWY_EXPORT(MatmulFloatRows);
+HWY_EXPORT(TokenBlock);
+HWY_EXPORT(PackTokens);
+HWY_EXPORT(MatmulFloatRowsPacked);
 HWY_EXPORT(MatmulQuantRows);
 HWY_EXPORT(TargetName);
 
 void matmul_float_rows(const WeightView& w, const float* x, int64_t n, float* y, int64_t r0, int64_t r1) {
   HWY_DYNAMIC_DISPATCH(MatmulFloatRows)(w, x, n, y, r0, r1);
+}
+size_t token_block() { return HWY_DYNAMIC_DISPATCH(TokenBlock)(); }
+void pack_tokens(const float* x, int64_t n, int64_t cols, size_t b0, size_t b1, float* xt) {
+  HWY_DYNAMIC_DISPATCH(PackTokens)(x, n, cols, b0, b1, xt);
+}
+void matmul_float_rows_packed(const WeightView& w, const float* xt, int64_t n, float* y, int64_t r0, int64_t r1) {
+  HWY_DYNAMIC_DISPATCH(MatmulFloatRowsPacked)(w, xt, n, y, r0, r1);
 }
 void matmul_quant_rows(const WeightView& w, const int16_t* xq, const float* xd, int64_t n, float* y, int64_t r0,
                        int64_t r1) {

@@ -8,8 +8,9 @@ namespace {
 // Spin this many pause instructions (a few microseconds to ~100 µs,
 // depending on the CPU's pause latency) before sleeping. Long enough to
 // cover the gap between two parallel regions of one decode step; short
-// enough that a descheduled peer on an oversubscribed machine is not starved
-// by a spinning waiter.
+// enough that an idle pool soon stops using a core. A region never waits
+// for a thread that has not claimed work, so a sleeping worker costs only
+// its share of the work, not the region.
 constexpr int kSpinIterations = 2000;
 
 inline void cpu_relax() {
@@ -22,6 +23,10 @@ inline void cpu_relax() {
 }  // namespace
 
 ThreadPool::ThreadPool(int n_threads) : n_threads_(n_threads < 1 ? 1 : n_threads) {
+  // With more threads than cores a spinning thread takes the core that the
+  // thread it waits for needs.
+  const unsigned cores = std::thread::hardware_concurrency();
+  spin_iterations_ = cores == 0 || unsigned(n_threads_) <= cores ? kSpinIterations : 0;
   workers_.reserve(size_t(n_threads_ - 1));
   for (int i = 1; i < n_threads_; ++i) workers_.emplace_back([this, i] { worker_loop(i); });
 }
@@ -33,38 +38,63 @@ ThreadPool::~ThreadPool() {
   for (auto& w : workers_) w.join();
 }
 
-void ThreadPool::run(const std::function<void(int)>& fn) {
-  if (n_threads_ == 1) { fn(0); return; }
-  job_ = &fn;
-  pending_.store(n_threads_ - 1, std::memory_order_release);
-  generation_.fetch_add(1, std::memory_order_acq_rel);
-  generation_.notify_all();
-  fn(0);
-  // Wait for the workers; they usually finish at about the same time as we do.
-  int spins = 0;
-  for (int left; (left = pending_.load(std::memory_order_acquire)) != 0;) {
-    if (++spins < kSpinIterations) cpu_relax();
-    else pending_.wait(left, std::memory_order_acquire);
+size_t ThreadPool::run_claimed(int thread) {
+  size_t ran = 0;
+  uint64_t v = claim_.load(std::memory_order_acquire);
+  for (;;) {
+    const uint32_t count = uint32_t(v >> 32), next = uint32_t(v);
+    if (next >= count) return ran;
+    if (!claim_.compare_exchange_weak(v, v + 1, std::memory_order_acq_rel, std::memory_order_acquire)) continue;
+    // The claim synchronizes with the caller's publication of this job, and
+    // the job cannot finish (and be replaced) before this chunk is done.
+    job_call_(job_ctx_, next, thread);
+    ++ran;
+    if (thread != 0 && done_.fetch_add(1, std::memory_order_acq_rel) + 1 == count) done_.notify_one();
+    v = claim_.load(std::memory_order_acquire);
   }
-  job_ = nullptr;
+}
+
+void ThreadPool::dispatch(size_t count, void* ctx, ChunkFn call) {
+  TKV_ASSERT(count < (size_t(1) << 31), "thread pool: chunk count fits 31 bits");
+  job_ctx_ = ctx;
+  job_call_ = call;
+  done_.store(0, std::memory_order_relaxed);
+  claim_.store(uint64_t(count) << 32, std::memory_order_release);
+  generation_.fetch_add(1, std::memory_order_release);
+  generation_.notify_all();  // no system call unless a worker sleeps
+  const uint32_t total = uint32_t(count);
+  const uint32_t mine = uint32_t(run_claimed(0));
+  uint32_t done = done_.fetch_add(mine, std::memory_order_acq_rel) + mine;
+  // Wait only for chunks that workers claimed and are still running.
+  for (int spins = 0; done != total; done = done_.load(std::memory_order_acquire)) {
+    if (spins < spin_iterations_) {
+      ++spins;
+      cpu_relax();
+    } else {
+      done_.wait(done, std::memory_order_acquire);
+    }
+  }
 }
 
 void ThreadPool::worker_loop(int index) {
-  // Workers are created in the constructor, before any run(): generation 0
+  // Workers are created in the constructor, before any job: generation 0
   // is the one they have "seen". Reading generation_ here instead would race
-  // with a run() that starts before this thread does.
+  // with a job that starts before this thread does.
   uint32_t seen = 0;
   for (;;) {
     int spins = 0;
     uint32_t now;
     while ((now = generation_.load(std::memory_order_acquire)) == seen) {
-      if (++spins < kSpinIterations) { cpu_relax(); continue; }
-      generation_.wait(seen, std::memory_order_acquire);
+      if (spins < spin_iterations_) {
+        ++spins;
+        cpu_relax();
+      } else {
+        generation_.wait(seen, std::memory_order_acquire);
+      }
     }
     seen = now;
     if (stop_.load(std::memory_order_acquire)) return;
-    (*job_)(index);
-    if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) pending_.notify_one();
+    run_claimed(index);
   }
 }
 

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <limits>
 #include <vector>
 
 #include "kv/attention_kernels.h"
@@ -284,6 +285,22 @@ TEST(DenseCache, StoresRoundedValues) {
   for (int i = 0; i < 4; ++i) EXPECT_EQ(got[i], round_fp16(k[size_t(i)]));
   cache.read_value(0, 1, 0, got);
   for (int i = 0; i < 4; ++i) EXPECT_EQ(got[i], round_fp16(v[size_t(4 + i)]));
+}
+
+// The vectorized conversion rounds exactly like f32_to_fp16: ties to even,
+// subnormal halves, overflow to infinity, signed zeros; odd lengths.
+TEST(DenseCache, Fp16ConversionEqualsScalar) {
+  std::vector<float> x = {0.0f, -0.0f, 1.0f, -1.0f, 65504.0f, 65519.0f, 65520.0f, -1e9f, 1e-8f, -3e-8f,
+                          5.9604645e-8f, 2.9802322e-8f, 8.940697e-8f, 6.1035156e-5f, 6.097555e-5f,
+                          1.0f + 0x1p-11f, 1.0f + 0x1p-10f + 0x1p-11f, 1.0f + 0x1p-11f + 0x1p-20f,
+                          std::numeric_limits<float>::infinity(), -std::numeric_limits<float>::infinity()};
+  Rng rng(3);
+  for (int i = 0; i < 200; ++i) x.push_back(float(rng.normal() * std::exp2(double(i % 40) - 30.0)));
+  for (size_t n : {x.size(), size_t(1), size_t(15), size_t(17)}) {
+    std::vector<fp16_t> got(n);
+    detail::to_fp16(x.data(), got.data(), n);
+    for (size_t i = 0; i < n; ++i) ASSERT_EQ(got[i], f32_to_fp16(x[i])) << "x = " << x[i] << " at " << i;
+  }
 }
 
 TEST(DenseCache, RejectsOverflowAndBadShapes) {

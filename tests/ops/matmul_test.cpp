@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdio>
 #include <tuple>
+#include <utility>
 #include <string>
 #include <vector>
 
@@ -225,6 +226,27 @@ TEST(Matmul, ThreadCountDoesNotChangeResults) {
       EXPECT_TRUE(std::equal(y.begin(), y.begin() + 255, y1v.begin())) << type_name(t) << " matvec threads " << threads;
     }
    }
+  }
+}
+
+// A group of products of one input (q/k/v, gate/up) gives each product's own
+// result bit for bit, for decode and prefill sizes and mixed row counts.
+TEST(Matmul, GroupedProductsEqualSeparateProducts) {
+  ThreadPool pool(2);
+  for (TensorType t : kTypes) {
+    for (int64_t n : {1, 5, 40}) {
+      const int64_t cols = 96;
+      const Matrix a = random_matrix(t, 67, cols, 21), b = random_matrix(t, 33, cols, 22), c = random_matrix(t, 5, cols, 23);
+      const auto x = random_vector(size_t(n * cols), 24);
+      std::vector<float> ya(size_t(n * 67)), yb(size_t(n * 33)), yc(size_t(n * 5));
+      const Product group[] = {{a.view(), ya.data()}, {b.view(), yb.data()}, {c.view(), yc.data()}};
+      matmul(group, x.data(), n, pool);
+      for (const auto& [m, y] : {std::pair{&a, &ya}, std::pair{&b, &yb}, std::pair{&c, &yc}}) {
+        std::vector<float> alone(y->size());
+        matmul(m->view(), x.data(), n, alone.data(), pool);
+        EXPECT_EQ(*y, alone) << type_name(t) << " n " << n << " rows " << m->rows;
+      }
+    }
   }
 }
 

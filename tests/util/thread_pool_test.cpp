@@ -1,6 +1,8 @@
 #include "util/thread_pool.h"
 
+#include <algorithm>
 #include <atomic>
+#include <thread>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -24,6 +26,36 @@ TEST(ThreadPool, ParallelForCoversEveryIndexOnce) {
       }
     }
   }
+}
+
+// A thread index names scratch memory: two ranges running at the same time
+// never share one, however the ranges are claimed.
+TEST(ThreadPool, ConcurrentRangesNeverShareAThreadIndex) {
+  for (int threads : {2, 3}) {
+    ThreadPool pool(threads);
+    std::vector<std::atomic<int>> busy(static_cast<size_t>(threads));
+    std::atomic<int> overlaps{0};
+    for (int round = 0; round < 200; ++round) {
+      pool.parallel_for(97, 1, [&](size_t b, size_t e, int t) {
+        if (busy[size_t(t)].exchange(1) != 0) overlaps++;
+        volatile double sink = 0;
+        for (size_t i = b; i < e; ++i) sink = sink + double(i);
+        busy[size_t(t)].store(0);
+      });
+    }
+    EXPECT_EQ(overlaps.load(), 0) << threads << " threads";
+  }
+}
+
+// More threads than cores: no thread spins, and every region still completes.
+TEST(ThreadPool, MoreThreadsThanCores) {
+  const int threads = int(std::max(1u, std::thread::hardware_concurrency())) * 2 + 1;
+  ThreadPool pool(threads);
+  std::atomic<long> total{0};
+  for (int i = 0; i < 2000; ++i) {
+    pool.parallel_for(size_t(threads) * 3, 1, [&](size_t b, size_t e, int) { total += long(e - b); });
+  }
+  EXPECT_EQ(total.load(), 2000L * threads * 3);
 }
 
 TEST(ThreadPool, ManyShortRegionsInARow) {
