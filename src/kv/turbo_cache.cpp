@@ -6,6 +6,7 @@
 #include <mutex>
 #include <optional>
 
+#include "kv/attention_kernels.h"
 #include "kv/cache_file.h"
 #include "kv/dense_cache.h"
 #include "kv/turbo_attention.h"
@@ -156,15 +157,14 @@ void TurboKvCache::store(int layer, const float* k, const float* v) {
         // same layer in one batch would duplicate positions.
         TKV_ASSERT(staged.size() == size_t(n_tokens_ - staged_base_[size_t(layer)]) * hd,
                    "store called twice for a layer in one batch");
+        const size_t at = staged.size();
+        staged.resize(at + size_t(batch_n_) * hd);
         for (int t = 0; t < batch_n_; ++t) {
-          const float* x = src + (size_t(t) * nkv + g) * hd;
-          for (int i = 0; i < hd; ++i) staged.push_back(f32_to_fp16(x[i]));
+          detail::to_fp16(src + (size_t(t) * nkv + g) * hd, staged.data() + at + size_t(t) * hd, size_t(hd));
         }
       } else {
         for (int t = 0; t < batch_n_; ++t) {
-          const float* x = src + (size_t(t) * nkv + g) * hd;
-          fp16_t* dst = st->dense_row(layer, g, n_tokens_ + t);
-          for (int i = 0; i < hd; ++i) dst[i] = f32_to_fp16(x[i]);
+          detail::to_fp16(src + (size_t(t) * nkv + g) * hd, st->dense_row(layer, g, n_tokens_ + t), size_t(hd));
         }
       }
     }
