@@ -1,0 +1,351 @@
+// turbokv-cuda-bench: times the CUDA decode attention over compressed KV
+// caches against an FP16 baseline measured in the same run (the same
+// flash-decoding kernel reading FP16 rows), and the GPU encoder.
+//
+//   turbokv-cuda-bench [--quick] [--json FILE] [--reps N] [--peak-gbs X]
+//                      [--only BATCH,CTX,HEAD_DIM,GQA] [--schemes S1,S2,...]
+//                      [--split N] [--no-encode]
+//
+// For every batch x context x head_dim x GQA shape (8 kv heads, every
+// sequence full) and scheme it prints the median time of one decode
+// attention call (CUDA events, after warm-up; caches smaller than 3x the L2
+// are replicated and rotated so that repeated calls do not read from L2),
+// the bytes the call must read (records or rows of every position, query and
+// output excluded), achieved bandwidth as a fraction of the card's peak, and
+// the speed-up over FP16. The peak is 2 x memory clock x bus width from the
+// driver's attributes unless --peak-gbs gives it. Then it times encoding a
+// 32K-token prefix (keys and values of 8 kv heads: one layer).
+// Benchmarks never assert; tests live in tests/cuda.
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include <cuda_runtime.h>
+
+#include "codec/rotation.h"
+#include "cuda/cuda_kv.h"
+#include "kv/scheme.h"
+#include "util/error.h"
+
+using namespace turbokv;
+using namespace turbokv::cuda;
+
+namespace {
+
+#define CHECK(call)                                                                            \
+  do {                                                                                         \
+    const cudaError_t e_ = (call);                                                             \
+    if (e_ != cudaSuccess) throw Error(std::string(#call) + ": " + cudaGetErrorString(e_));   \
+  } while (0)
+
+constexpr int kKvHeads = 8;
+constexpr uint64_t kSeed = 0x74757262'6f6b7631ull;
+
+struct Scheme {
+  std::string name;
+  StreamFormat k, v;
+};
+
+// What the CPU cache stores for a scheme name at this head size.
+Scheme scheme(const std::string& name, int hd) {
+  if (name == "fp16") return {name, StreamFormat::rows_fp16(), StreamFormat::rows_fp16()};
+  const kv::SchemeSpec s = kv::parse_scheme(name);
+  auto fmt = [&](const kv::StreamSpec& st) {
+    return st.kind == kv::StreamKind::Codec ? StreamFormat::records(kv::SchemeSpec::resolve_codec(st, hd))
+                                            : StreamFormat::rows_fp16();
+  };
+  return {name, fmt(s.key), fmt(s.value)};
+}
+
+std::string describe(const StreamFormat& f, int hd) {
+  if (f.fp16) return "fp16 rows";
+  const codec::CodecSpec& c = f.spec;
+  char buf[96];
+  std::snprintf(buf, sizeof buf, "%s%d%s%s rule %d%s (%zu B)", codec::codec_name(c.kind), c.bits,
+                c.kind == codec::CodecKind::Group ? "g" : "",
+                c.kind == codec::CodecKind::Group ? std::to_string(c.effective_group()).c_str() : "",
+                int(c.scale_rule), c.scale_search ? " search" : "", f.row_bytes(hd));
+  return buf;
+}
+
+std::vector<float> signs_for(int hd) {
+  std::vector<float> s;
+  for (int g = 0; g < kKvHeads; ++g) {
+    const auto v = hadamard_signs(codec::Rotation::make(hd, kSeed, 0, g));
+    s.insert(s.end(), v.begin(), v.end());
+  }
+  return s;
+}
+
+// One stream, `copies` replicas of (batch, kv, ctx, row), filled by encoding
+// random vectors sequence by sequence.
+struct Caches {
+  std::vector<DeviceBuffer> k, v;
+};
+
+Caches build(const Scheme& sc, int batch, int ctx, int hd, int copies, const DeviceRotations& rot) {
+  Caches c;
+  Encoder ke(sc.k, hd, kKvHeads, &rot), ve(sc.v, hd, kKvHeads, &rot);
+  const size_t kb = size_t(batch) * kKvHeads * ctx * ke.row_bytes(), vb = size_t(batch) * kKvHeads * ctx * ve.row_bytes();
+  c.k.emplace_back(kb);
+  c.v.emplace_back(vb);
+  DeviceBuffer x(size_t(ctx) * kKvHeads * hd * sizeof(float));
+  for (int s = 0; s < batch; ++s) {
+    for (int which = 0; which < 2; ++which) {
+      fill_random(x.as<float>(), size_t(ctx) * kKvHeads * hd, uint64_t(s) * 2 + which + 1, 1.0f);
+      EncodeArgs a;
+      a.x = x.as<float>();
+      a.n_tok = ctx;
+      a.capacity = ctx;
+      a.cache = static_cast<uint8_t*>((which ? c.v : c.k)[0].data()) +
+                size_t(s) * kKvHeads * ctx * (which ? ve : ke).row_bytes();
+      (which ? ve : ke).encode(a);
+    }
+  }
+  for (int i = 1; i < copies; ++i) {
+    c.k.emplace_back(kb);
+    c.v.emplace_back(vb);
+    CHECK(cudaMemcpy(c.k.back().data(), c.k[0].data(), kb, cudaMemcpyDeviceToDevice));
+    CHECK(cudaMemcpy(c.v.back().data(), c.v[0].data(), vb, cudaMemcpyDeviceToDevice));
+  }
+  return c;
+}
+
+struct Row {
+  int batch, ctx, hd, gqa;
+  std::string scheme;
+  double us = 0, bytes = 0, gbs = 0, frac_peak = 0, speedup = 0;
+  int split = 0;
+};
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+}  // namespace
+
+int main(int argc, char** argv) try {
+  bool quick = false, encode = true;
+  std::string json_path;
+  std::vector<int> only;
+  std::vector<std::string> schemes = {"fp16", "turbo4", "turbo3"};
+  int forced_split = 0;
+  auto split_list = [](const std::string& v) {
+    std::vector<std::string> out;
+    size_t p = 0;
+    while (p <= v.size()) {
+      const size_t q = v.find(',', p);
+      out.push_back(v.substr(p, q == std::string::npos ? std::string::npos : q - p));
+      if (q == std::string::npos) break;
+      p = q + 1;
+    }
+    return out;
+  };
+  int reps = 30;
+  double peak_override = 0;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    auto value = [&]() -> std::string {
+      if (i + 1 >= argc) throw Error("flag " + a + " needs a value");
+      return argv[++i];
+    };
+    if (a == "--quick") quick = true;
+    else if (a == "--json") json_path = value();
+    else if (a == "--reps") reps = std::atoi(value().c_str());
+    else if (a == "--peak-gbs") peak_override = std::atof(value().c_str());
+    else if (a == "--no-encode") encode = false;
+    else if (a == "--split") forced_split = std::atoi(value().c_str());
+    else if (a == "--schemes") schemes = split_list(value());
+    else if (a == "--only") {
+      for (const auto& f : split_list(value())) only.push_back(std::atoi(f.c_str()));
+      if (only.size() != 4) throw Error("--only takes BATCH,CTX,HEAD_DIM,GQA");
+    } else {
+      throw Error("unknown flag " + a +
+                  " (expected --quick, --json FILE, --reps N, --peak-gbs X, --only B,C,D,G, --schemes LIST, "
+                  "--split N, --no-encode)");
+    }
+  }
+  if (reps < 3) throw Error("--reps must be at least 3");
+  if (!device_available()) throw Error("no CUDA device");
+  const DeviceInfo dev = device_info();
+  const double peak = peak_override > 0 ? peak_override : dev.peak_bandwidth_gbs;
+  std::printf("device: %s, %d SMs, %.1f GiB, L2 %.0f MB, compute %d.%d\n", dev.name.c_str(), dev.sm_count,
+              double(dev.total_memory) / (1 << 30), double(dev.l2_bytes) / 1e6, dev.major, dev.minor);
+  std::printf("peak bandwidth: %.0f GB/s (%s)\n", peak,
+              peak_override > 0 ? "--peak-gbs" : "2 x memory clock x bus width, driver attributes");
+
+  std::vector<int> batches = {1, 8, 64}, ctxs = {4096, 32768, 131072}, hds = {64, 128}, gqas = {4, 8};
+  if (!schemes.empty() && schemes[0] != "fp16") schemes.insert(schemes.begin(), "fp16");  // the baseline
+  if (only.size() == 4) {
+    batches = {only[0]};
+    ctxs = {only[1]};
+    hds = {only[2]};
+    gqas = {only[3]};
+  }
+  if (quick) {
+    batches = {8};
+    ctxs = {32768};
+    hds = {128};
+    gqas = {4};
+  }
+  cudaEvent_t e0, e1;
+  CHECK(cudaEventCreate(&e0));
+  CHECK(cudaEventCreate(&e1));
+  std::vector<Row> rows;
+  for (int hd : hds) {
+    for (const auto& name : schemes) {
+      const Scheme sc = scheme(name, hd);
+      std::printf("%s at head_dim %d: keys %s, values %s\n", name.c_str(), hd, describe(sc.k, hd).c_str(),
+                  describe(sc.v, hd).c_str());
+    }
+  }
+  std::printf("\n%5s %7s %3s %3s  %-7s %10s %9s %8s %6s %8s %6s\n", "batch", "ctx", "hd", "gqa", "scheme", "time_us",
+              "MB_read", "GB/s", "%peak", "vs_fp16", "split");
+  for (int hd : hds) {
+    const DeviceRotations rot(signs_for(hd), kKvHeads, hd);
+    for (int gqa : gqas) {
+      for (int batch : batches) {
+        for (int ctx : ctxs) {
+          const size_t fp16_bytes = size_t(batch) * kKvHeads * ctx * hd * 2 * 2;
+          if (double(fp16_bytes) > 0.6 * double(dev.total_memory)) {
+            std::printf("%5d %7d %3d %3d  skipped: the FP16 cache (%.1f GB) does not fit\n", batch, ctx, hd, gqa,
+                        double(fp16_bytes) / 1e9);
+            continue;
+          }
+          const int n_head = kKvHeads * gqa;
+          DeviceBuffer q(size_t(batch) * n_head * hd * sizeof(float)), out(q.bytes());
+          fill_random(q.as<float>(), size_t(batch) * n_head * hd, 99, 1.0f);
+          const std::vector<int> lens(size_t(batch), ctx);
+          DeviceBuffer dlen = upload_vector(lens);
+          double fp16_us = 0;
+          for (const auto& name : schemes) {
+            const Scheme sc = scheme(name, hd);
+            DecodeAttention attn(sc.k, sc.v, hd, kKvHeads, gqa);
+            const double bytes = double(attn.bytes_read(lens));
+            const int copies = int(std::clamp(std::ceil(3.0 * double(dev.l2_bytes) / bytes), 1.0, 16.0));
+            const Caches c = build(sc, batch, ctx, hd, copies, rot);
+            AttentionArgs a;
+            a.n_seq = batch;
+            a.seq_len = dlen.as<int>();
+            a.max_seq_len = ctx;
+            a.capacity = ctx;
+            a.q = q.as<float>();
+            a.scale = 1.0f / std::sqrt(float(hd));
+            a.out = out.as<float>();
+            a.split = forced_split;
+            auto run = [&](int i) {
+              a.keys = c.k[size_t(i) % c.k.size()].data();
+              a.values = c.v[size_t(i) % c.v.size()].data();
+              attn.run(a);
+            };
+            for (int i = 0; i < 5; ++i) run(i);
+            CHECK(cudaDeviceSynchronize());
+            std::vector<double> times;
+            for (int i = 0; i < reps; ++i) {
+              CHECK(cudaEventRecord(e0));
+              run(i);
+              CHECK(cudaEventRecord(e1));
+              CHECK(cudaEventSynchronize(e1));
+              float ms = 0;
+              CHECK(cudaEventElapsedTime(&ms, e0, e1));
+              times.push_back(double(ms) * 1e3);
+            }
+            Row r{batch, ctx, hd, gqa, name};
+            r.us = median(times);
+            r.bytes = bytes;
+            r.gbs = bytes / (r.us * 1e-6) / 1e9;
+            r.frac_peak = r.gbs / peak;
+            if (name == "fp16") fp16_us = r.us;
+            r.speedup = fp16_us > 0 ? fp16_us / r.us : 0;
+            r.split = forced_split > 0 ? forced_split : attn.planned_split(batch, ctx);
+            std::printf("%5d %7d %3d %3d  %-7s %10.1f %9.1f %8.0f %5.1f%% %7.2fx %6d\n", batch, ctx, hd, gqa,
+                        name.c_str(), r.us, bytes / 1e6, r.gbs, 100 * r.frac_peak, r.speedup, r.split);
+            std::fflush(stdout);
+            rows.push_back(r);
+          }
+        }
+      }
+    }
+  }
+
+  // Encoding a 32K-token prefix: keys and values of one layer (8 kv heads).
+  struct EncRow {
+    std::string scheme;
+    int hd;
+    double us;
+  };
+  std::vector<EncRow> enc_rows;
+  const int prefix = 32768;
+  std::printf("\nencode a %d-token prefix, one layer (%d kv heads, keys + values):\n", prefix, kKvHeads);
+  for (int hd : {64, 128}) {
+    if (!encode) break;
+    const DeviceRotations rot(signs_for(hd), kKvHeads, hd);
+    DeviceBuffer kx(size_t(prefix) * kKvHeads * hd * sizeof(float)), vx(kx.bytes());
+    fill_random(kx.as<float>(), size_t(prefix) * kKvHeads * hd, 5, 1.0f);
+    fill_random(vx.as<float>(), size_t(prefix) * kKvHeads * hd, 6, 1.0f);
+    for (const auto& name : schemes) {
+      const Scheme sc = scheme(name, hd);
+      Encoder ke(sc.k, hd, kKvHeads, &rot), ve(sc.v, hd, kKvHeads, &rot);
+      DeviceBuffer kc(size_t(prefix) * kKvHeads * ke.row_bytes()), vc(size_t(prefix) * kKvHeads * ve.row_bytes());
+      auto once = [&]() {
+        EncodeArgs a;
+        a.n_tok = prefix;
+        a.capacity = prefix;
+        a.x = kx.as<float>();
+        a.cache = kc.data();
+        ke.encode(a);
+        a.x = vx.as<float>();
+        a.cache = vc.data();
+        ve.encode(a);
+      };
+      once();
+      CHECK(cudaDeviceSynchronize());
+      std::vector<double> times;
+      for (int i = 0; i < 10; ++i) {
+        CHECK(cudaEventRecord(e0));
+        once();
+        CHECK(cudaEventRecord(e1));
+        CHECK(cudaEventSynchronize(e1));
+        float ms = 0;
+        CHECK(cudaEventElapsedTime(&ms, e0, e1));
+        times.push_back(double(ms) * 1e3);
+      }
+      const double us = median(times);
+      std::printf("  %-7s hd %3d: %9.1f us\n", name.c_str(), hd, us);
+      enc_rows.push_back({name, hd, us});
+    }
+  }
+
+  if (!json_path.empty()) {
+    std::ofstream f(json_path);
+    if (!f) throw Error("cannot write --json file " + json_path);
+    f << "{\n  \"device\": \"" << dev.name << "\",\n  \"sm_count\": " << dev.sm_count
+      << ",\n  \"peak_gbs\": " << peak << ",\n  \"peak_source\": \""
+      << (peak_override > 0 ? "flag" : "driver attributes") << "\",\n  \"attention\": [\n";
+    for (size_t i = 0; i < rows.size(); ++i) {
+      const Row& r = rows[i];
+      f << "    {\"batch\": " << r.batch << ", \"ctx\": " << r.ctx << ", \"head_dim\": " << r.hd << ", \"gqa\": " << r.gqa
+        << ", \"kv_heads\": " << kKvHeads << ", \"scheme\": \"" << r.scheme << "\", \"time_us\": " << r.us
+        << ", \"bytes\": " << r.bytes << ", \"gbs\": " << r.gbs << ", \"frac_peak\": " << r.frac_peak
+        << ", \"speedup_vs_fp16\": " << r.speedup << ", \"split\": " << r.split << "}"
+        << (i + 1 < rows.size() ? "," : "") << "\n";
+    }
+    f << "  ],\n  \"encode_prefix_tokens\": " << prefix << ",\n  \"encode\": [\n";
+    for (size_t i = 0; i < enc_rows.size(); ++i) {
+      f << "    {\"scheme\": \"" << enc_rows[i].scheme << "\", \"head_dim\": " << enc_rows[i].hd
+        << ", \"time_us\": " << enc_rows[i].us << "}" << (i + 1 < enc_rows.size() ? "," : "") << "\n";
+    }
+    f << "  ]\n}\n";
+  }
+  return 0;
+} catch (const std::exception& e) {
+  std::fprintf(stderr, "turbokv-cuda-bench: %s\n", e.what());
+  return 1;
+}

@@ -1,0 +1,216 @@
+// CUDA encode and fused decode attention over compressed KV records
+// (issue #9). Plain C++: no CUDA type appears here, so CPU code, tests and
+// benchmarks include it without nvcc; the kernels live in the .cu files.
+//
+// Records are byte-identical to the CPU codec's (codec/format.h): a cache
+// encoded on the GPU decodes on the CPU and the other way round.
+//
+// Device cache layout, one stream (keys or values):
+//   codec records  (n_seq, n_kv_head, capacity, record_bytes)
+//   fp16 rows      (n_seq, n_kv_head, capacity, head_dim)
+// capacity (positions per (sequence, kv head)) must be a multiple of 16: a
+// 16-position tile is then a 16-byte aligned block the kernels copy whole.
+//
+// Decode attention (flash-decoding, Dao et al. 2023): one CTA per
+// (split of the sequence, kv head, sequence); its warps read a kv head's
+// records once for all query heads of the GQA group (mma.sync m16n8k16 with
+// 16 positions as rows and the group's heads as the 8 columns: S^T = K Q^T,
+// O^T += V^T P^T), each warp keeping an online-softmax state {m, d, o} over
+// its 16-position tiles; the CTA merges its warps and writes one partial
+// state per split; a second kernel merges the splits exactly
+// (kv/online_softmax.h) and normalizes. Keys and values are expanded from
+// their packed indices straight into the mma operand registers (one lookup
+// in a shared-memory table of centroid pairs per two elements, times the
+// record's fp16 group scale): no float copy of a key or value is written
+// anywhere. Operands are fp16 (the query, expanded keys and values, softmax
+// weights), accumulation is fp32.
+//
+// Supported: mse and group records at 2, 3 and 4 bits (any group size the
+// codec allows), fp16 rows, head_dim 64 and 128, 1..8 query heads per kv head.
+// An expanded key or value (fp16 scale times centroid) must fit in fp16.
+// Anything else throws turbokv::Error naming what is unsupported.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "codec/format.h"
+#include "codec/rotation.h"
+
+namespace turbokv::cuda {
+
+// ---- device, memory ---------------------------------------------------------------
+
+// Whether a CUDA device is present and usable (never throws).
+bool device_available();
+
+struct DeviceInfo {
+  std::string name;
+  int sm_count = 0;
+  int major = 0, minor = 0;
+  size_t total_memory = 0;         // bytes
+  size_t l2_bytes = 0;
+  double peak_bandwidth_gbs = 0;   // 2 * memory clock * bus width / 8 (driver attributes)
+};
+DeviceInfo device_info();
+
+// Owning device allocation (cudaMalloc), move-only.
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  explicit DeviceBuffer(size_t bytes);
+  ~DeviceBuffer();
+  DeviceBuffer(DeviceBuffer&& o) noexcept;
+  DeviceBuffer& operator=(DeviceBuffer&& o) noexcept;
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+
+  void* data() const { return ptr_; }
+  template <typename T> T* as() const { return static_cast<T*>(ptr_); }
+  size_t bytes() const { return bytes_; }
+  void upload(const void* src, size_t bytes, size_t offset = 0);
+  void download(void* dst, size_t bytes, size_t offset = 0) const;
+  void fill(uint8_t byte);
+
+ private:
+  void* ptr_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+template <typename T>
+DeviceBuffer upload_vector(const std::vector<T>& v) {
+  DeviceBuffer b(v.size() * sizeof(T));
+  if (!v.empty()) b.upload(v.data(), v.size() * sizeof(T));
+  return b;
+}
+
+void synchronize();
+
+// Fills `count` floats at dst with N(0,1)·scale + offset-ish values from a
+// counter hash (seeded; for benchmarks and tests that need big inputs).
+void fill_random(float* dst, size_t count, uint64_t seed, float scale);
+
+// ---- streams --------------------------------------------------------------------
+
+// How one stream (keys or values) is stored on the device.
+struct StreamFormat {
+  bool fp16 = true;       // fp16 rows; else codec records of `spec`
+  codec::CodecSpec spec;  // when !fp16: mse or group, 2..4 bits
+
+  static StreamFormat rows_fp16() { return {}; }
+  static StreamFormat records(const codec::CodecSpec& s) { return {false, s}; }
+  // Bytes of one position's row or record.
+  size_t row_bytes(int head_dim) const;
+};
+
+// Sign vectors of a Hadamard rotation (codec::Rotation of kind Hadamard),
+// recovered through its public forward(): R e_j = s_j H e_j / sqrt(d), and
+// row 0 of H is all ones, so s_j = sign((R e_j)_0). Throws for other kinds.
+std::vector<float> hadamard_signs(const codec::Rotation& rot);  // (dim) of ±1
+
+// Per-kv-head Hadamard rotations on the device: y = H (s ⊙ x) / sqrt(d),
+// the same butterflies and roundings as codec::Rotation::forward.
+class DeviceRotations {
+ public:
+  // signs: (n_kv_head, head_dim).
+  DeviceRotations(const std::vector<float>& signs, int n_kv_head, int head_dim);
+  int head_dim() const { return head_dim_; }
+  int n_kv_head() const { return n_kv_head_; }
+  const float* signs() const { return signs_.as<float>(); }
+  float wht_scale() const { return wht_scale_; }
+  // x, y: device (n_vec, head_dim); vector v uses kv head (v / heads_per_kv) % n_kv_head.
+  // forward: y = R x; inverse: y = R^T x. x == y allowed.
+  void forward(const float* x, float* y, size_t n_vec, int heads_per_kv) const;
+  void inverse(const float* x, float* y, size_t n_vec, int heads_per_kv) const;
+
+ private:
+  DeviceBuffer signs_;
+  int n_kv_head_ = 0, head_dim_ = 0;
+  float wht_scale_ = 0;
+};
+
+// ---- encode -----------------------------------------------------------------------
+
+// Where a batch of new tokens goes: token t of sequence s is position
+// pos0[s] + t (pos0 a device array, or first_pos for every sequence).
+struct EncodeArgs {
+  const float* x = nullptr;   // device (n_seq, n_tok, n_kv_head, head_dim), original space
+  int n_seq = 1, n_tok = 0;
+  const int* pos0 = nullptr;  // device (n_seq) or null
+  int first_pos = 0;
+  void* cache = nullptr;      // device stream buffer (n_seq, n_kv_head, capacity, row_bytes)
+  int capacity = 0;
+  // Optional per-(kv head, channel) calibration, as the CPU cache applies it
+  // before rotating: x' = (x - mean) * channel_scale.   device (n_kv_head, head_dim)
+  const float* mean = nullptr;
+  const float* channel_scale = nullptr;
+};
+
+// Rotation + quantization + packing of codec records, bit-identical to
+// codec::Codec::encode(rot, x) (scale rules and scale search included:
+// the GPU evaluates the same float operations in the same order, with no
+// fused multiply-adds), or fp16 rows (round to nearest even).
+class Encoder {
+ public:
+  // rotations may be null for fp16 rows and must be non-null for records.
+  Encoder(const StreamFormat& format, int head_dim, int n_kv_head, const DeviceRotations* rotations);
+  ~Encoder();
+  const StreamFormat& format() const { return format_; }
+  size_t row_bytes() const { return row_bytes_; }
+  // Throws Error if an input is NaN/Inf or a norm or scale overflows fp16
+  // (the CPU codec's errors); the records written so far are then undefined.
+  // Synchronizes (it reads the error flag back).
+  void encode(const EncodeArgs& args);
+
+ private:
+  StreamFormat format_;
+  int head_dim_, n_kv_head_;
+  size_t row_bytes_;
+  const DeviceRotations* rot_;
+  DeviceBuffer rotated_;     // (n_vec, head_dim) rotated vectors of the largest batch so far
+  DeviceBuffer error_flag_;  // int: kErrNonFinite | kErrOverflow
+  struct Params;
+  std::unique_ptr<Params> params_;
+};
+
+// ---- decode attention --------------------------------------------------------------
+
+struct AttentionArgs {
+  int n_seq = 0;
+  const int* seq_len = nullptr;  // device (n_seq): positions [0, len) are attended
+  int max_seq_len = 0;           // host: max of seq_len (plans the split)
+  int capacity = 0;              // positions per (sequence, kv head) in the buffers
+  const void* keys = nullptr;    // device key stream
+  const void* values = nullptr;  // device value stream
+  const float* q = nullptr;      // device (n_seq, n_kv_head * group, head_dim), in the key stream's space
+  const float* shift = nullptr;  // device (n_seq, n_kv_head * group) added to every dot; may be null
+  float scale = 1.0f;            // score = scale * (<q, k̂> + shift)
+  float* out = nullptr;          // device (n_seq, n_kv_head * group, head_dim), value stream's space
+  int split = 0;                 // positions per split (multiple of 64); 0 = planned
+};
+
+class DecodeAttention {
+ public:
+  DecodeAttention(const StreamFormat& keys, const StreamFormat& values, int head_dim, int n_kv_head, int group);
+  ~DecodeAttention();
+  // Asynchronous on the default stream.
+  void run(const AttentionArgs& args);
+  // The split run() plans for this batch (positions per CTA).
+  int planned_split(int n_seq, int max_seq_len) const;
+  // Bytes run() reads from the caches for these lengths (host lengths).
+  size_t bytes_read(const std::vector<int>& seq_len) const;
+
+ private:
+  StreamFormat kf_, vf_;
+  int head_dim_, n_kv_head_, group_;
+  size_t k_row_, v_row_;
+  int sm_count_ = 0;
+  DeviceBuffer workspace_;
+  struct Params;
+  std::unique_ptr<Params> params_;
+};
+
+}  // namespace turbokv::cuda

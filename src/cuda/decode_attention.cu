@@ -1,0 +1,877 @@
+// Fused decode attention over compressed (or FP16) KV streams on NVIDIA GPUs:
+// split over the sequence (flash-decoding), merged exactly. cuda_kv.h
+// describes the design; this file holds the kernels and their one dispatch
+// place.
+//
+// Geometry (mma.sync.m16n8k16, fp16 operands, fp32 accumulators). A CTA is
+// W warps on one (sequence, kv head, split): W = 16 for records, 4 where a
+// stream is FP16 rows. Each warp walks 16-position tiles of the split, W
+// tiles apart, copying each tile's bytes (whole records, or FP16 rows) into
+// a private shared-memory ring with cp.async (3 stages for records, 2 for
+// FP16 rows), so loads stay in flight while the previous tile is computed.
+// The GQA group's heads (<= 8) are the mma's n dimension. Per tile:
+//   S^T (16 positions x 8 heads) = K Q^T    A = keys expanded from the tile,
+//       B = query fragments (registers, loaded once);
+//   online softmax per head (column) in base 2, reduced across the 8 lanes
+//       of a column with shuffles;
+//   P^T's B fragments from S^T's accumulators by movmatrix (an 8x8
+//       transpose in registers);
+//   O^T (head_dim x 8 heads) += V^T P^T     A = values expanded likewise.
+// Record expansion writes no shared memory: each thread reads the index
+// bytes of its own fragment elements from the tile (funnel shifts over
+// aligned words) and looks pairs of centroids up in the pair table (see
+// kTableBits): one byte permute and one LDS per two elements at 4 bits. A
+// record's fp16 scale multiplies the expanded keys (HMUL2) or, with one
+// scale per record, the scores (keys) or the softmax weights (values).
+// Because a dot product does not care about element order, keys use the
+// element order that makes each thread's bytes contiguous (thread r of a
+// quad owns elements [r*d/4, (r+1)*d/4) of a position) and the query
+// fragments are gathered in that order once; values likewise own
+// [g*d/8, (g+1)*d/8), and the output is written back in natural order at
+// the end. FP16 rows use ldmatrix from padded rows instead.
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <type_traits>
+
+#include "codec/codec.h"
+#include "cuda/cuda_check.cuh"
+#include "cuda/cuda_kv.h"
+#include "util/fp16.h"
+
+namespace turbokv::cuda {
+namespace {
+
+constexpr int kTile = 16;          // positions per warp step
+constexpr int kMaxRows = 8;        // query heads per kv head (the mma's n = 8)
+constexpr float kLog2e = 1.4426950408889634f;
+
+struct KernelArgs {
+  const uint8_t* keys;
+  const uint8_t* values;
+  uint32_t k_row, v_row;             // bytes per position
+  uint32_t k_index_offset, v_index_offset;
+  int k_log2_group, v_log2_group;    // elements per scale (records)
+  uint32_t k_stage, v_stage;         // shared bytes of one tile of each stream
+  uint16_t k_table[16], v_table[16]; // fp16 centroids
+  const int* seq_len;
+  int capacity, n_kv, group, split, n_split;
+  const float* q;
+  const float* shift;
+  float scale_log2;                  // scale * log2(e)
+  float* ws_m;                       // (n_seq, n_head, n_split) running max, base 2
+  float* ws_d;                       // (n_seq, n_head, n_split)
+  float* ws_o;                       // (n_seq, n_head, n_split, head_dim) unnormalized
+};
+
+// ---- PTX wrappers -----------------------------------------------------------------------
+
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return uint32_t(__cvta_generic_to_shared(p));
+}
+
+// 16 bytes global -> shared; bytes past src_bytes are zero-filled.
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, int src_bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src), "r"(src_bytes));
+}
+// 16 bytes global -> shared, no fill.
+__device__ __forceinline__ void cp_async16_full(uint32_t dst, const void* src) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(p)));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(p)));
+}
+
+// c (16x8 fp32) += a (16x16 fp16, row) * b (16x8 fp16, col).
+__device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ uint32_t pack_half2(float lo, float hi) {
+  const __half2 h = __floats2half2_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&h);
+}
+__device__ __forceinline__ uint32_t hmul2_u32(uint32_t a, uint32_t b) {
+  const __half2 r = __hmul2(*reinterpret_cast<const __half2*>(&a), *reinterpret_cast<const __half2*>(&b));
+  return *reinterpret_cast<const uint32_t*>(&r);
+}
+
+// ---- stream readers ------------------------------------------------------------------------
+
+// NW words of the bit stream starting at byte `byte_off` of a 16-byte aligned
+// shared buffer (reads one aligned word past them; the stage is padded).
+template <int NW>
+__device__ __forceinline__ void load_words(const uint8_t* aligned, uint32_t sh, uint32_t (&x)[NW]) {
+  const uint32_t* w = reinterpret_cast<const uint32_t*>(aligned);
+  uint32_t prev = w[0];
+#pragma unroll
+  for (int i = 0; i < NW; ++i) {
+    const uint32_t next = w[i + 1];
+    x[i] = __funnelshift_r(prev, next, sh);
+    prev = next;
+  }
+}
+
+// Index e (compile-time after unrolling) of a B-bit LSB-first stream.
+template <int B, int NW>
+__device__ __forceinline__ uint32_t index_at(const uint32_t (&x)[NW], int e) {
+  const int bit = e * B, w = bit >> 5, o = bit & 31;
+  uint32_t v = x[w] >> o;
+  if (o + B > 32) v |= x[w + 1] << (32 - o);
+  return v & ((1u << B) - 1u);
+}
+
+__device__ __forceinline__ uint32_t half_at(const uint8_t* stage, uint32_t byte_off) {
+  return *reinterpret_cast<const uint16_t*>(stage + byte_off);
+}
+__device__ __forceinline__ uint32_t dup_half(uint32_t h) { return h | (h << 16); }
+
+struct Fp16Rows {
+  static constexpr bool kFp16 = true;
+  static constexpr int kBits = 16;
+};
+// Records of B-bit indices; kOneScale: one fp16 scale for the whole record
+// (mse, or group with G = head_dim), folded into the softmax weights (values).
+template <int B, bool kOneScale>
+struct Records {
+  static constexpr bool kFp16 = false;
+  static constexpr int kBits = B;
+  static constexpr bool kFoldScale = kOneScale;
+};
+
+// Pair table: entry e (2B bits: element 2m in the low B bits, 2m + 1 in the
+// high ones, as packed) holds half2 {c[e & (2^B - 1)], c[e >> B]}, stored
+// once per bank so that a warp's lookups are conflict-free whatever the
+// indices. Entry e occupies bytes [256 e, 256 e + 256): the key codebook's
+// copies at + 4 lane, the value codebook's at + 128 + 4 lane. So a lookup's
+// byte address is (pair << 8) | column, and for 4-bit records one byte
+// permute builds it from the packed byte and the column (then one LDS):
+// two instructions per two elements. 2^(2B) * 256 bytes: 64 KiB at 4 bits.
+template <class KL, class VL>
+constexpr int kTableBits = (KL::kFp16 ? 0 : KL::kBits) > (VL::kFp16 ? 0 : VL::kBits) ? (KL::kFp16 ? 0 : KL::kBits)
+                                                                                   : (VL::kFp16 ? 0 : VL::kBits);
+
+// Shared-memory row pitch of FP16 rows: 16 bytes of padding per row keep
+// ldmatrix conflict-free.
+template <int HD>
+constexpr int kRowPitch = (HD + 8) * 2;
+
+// Copies one tile (16 positions from `src`, `valid` of them real) into a
+// stage; positions past `valid` are zero (zero scales: finite, and masked).
+// Records: the tile is 16 * row_bytes contiguous bytes, `row_bytes` chunks
+// of 16 (at most 3 per lane: records are at most 80 bytes here).
+template <class L, int HD>
+__device__ __forceinline__ void copy_tile(uint8_t* stage, const uint8_t* src, uint32_t row_bytes, int valid,
+                                          int lane) {
+  if constexpr (L::kFp16) {
+    constexpr int kChunks = HD / 8;  // 16-byte chunks per row
+#pragma unroll
+    for (int c = lane; c < kTile * kChunks; c += 32) {
+      const int row = c / kChunks, col = c % kChunks;
+      const bool ok = row < valid;
+      cp_async16(stage + row * kRowPitch<HD> + col * 16, ok ? src + size_t(row) * HD * 2 + col * 16 : src,
+                 ok ? 16 : 0);
+    }
+  } else {
+    const int total = int(row_bytes);
+    const uint32_t dst = smem_addr(stage) + uint32_t(lane) * 16u;
+    const uint8_t* from = src + lane * 16;
+    if (valid == kTile) {
+#pragma unroll
+      for (int j = 0; j < 3; ++j) {
+        if (lane + 32 * j < total) cp_async16_full(dst + 512u * j, from + 512 * j);
+      }
+    } else {
+      const int valid_bytes = valid * int(row_bytes);
+#pragma unroll
+      for (int j = 0; j < 3; ++j) {
+        const int off = (lane + 32 * j) * 16;
+        if (off < total * 16) {
+          const int n = min(max(valid_bytes - off, 0), 16);
+          cp_async16(stage + off, n > 0 ? src + off : src, n);
+        }
+      }
+    }
+  }
+}
+
+// Byte offset in the pair table of pair m (elements 2m, 2m + 1) of a
+// thread's index words, for the table column `col` (< 256).
+template <int B, int NW>
+__device__ __forceinline__ uint32_t pair_offset(const uint32_t (&x)[NW], int m, uint32_t col) {
+  if constexpr (B == 4) {
+    // byte 0 <- col, byte 1 <- byte m of the words, bytes 2, 3 <- 0 (col < 256)
+    return __byte_perm(x[m >> 2], col, 0x5504u | (uint32_t(m & 3) << 4));
+  } else {
+    return (index_at<2 * B>(x, m) << 8) | col;
+  }
+}
+
+__device__ __forceinline__ uint32_t table_at(const uint8_t* table, uint32_t off) {
+  return *reinterpret_cast<const uint32_t*>(table + off);
+}
+
+// Key A fragments (S^T = K Q^T: rows = 16 positions, k = elements) of
+// k-step c. Records: thread (g, r) expands elements [r*HD/4, (r+1)*HD/4) of
+// positions g and 8 + g; k-step c takes elements r*HD/4 + 4c + {0,1}
+// (logical k 2r, 2r+1: pair 2c) and + {2,3} (logical k 2r+8, 2r+9: pair 2c+1).
+template <int B, int HD>
+struct KeyRecords {
+  static constexpr int kElems = HD / 4;
+  static constexpr int kBytes = kElems * B / 8;
+  static constexpr int kWords = (kBytes + 3) / 4;
+  uint32_t x[2][kWords];
+  uint32_t s_lo[2], s_hi[2];  // half2 scales of the first and second half of the thread's elements
+
+  // Where this thread's bytes sit in a tile (the same in every tile), once.
+  struct Plan {
+    uint32_t word;        // aligned byte offset of position g's index bytes
+    uint32_t sh;          // bit shift from there (the same for g + 8: 8 rows are a multiple of 4 bytes)
+    uint32_t s_lo, s_hi;  // byte offsets of position g's two scales
+    uint32_t rows8;       // 8 * record bytes: position g -> g + 8
+  };
+  static __device__ __forceinline__ Plan plan(const KernelArgs& a, int g, int r) {
+    const uint32_t rec = uint32_t(g) * a.k_row, off = rec + a.k_index_offset + uint32_t(r * kBytes);
+    const int e0 = r * kElems;
+    return {off & ~3u, (off & 3u) * 8u, rec + 2u * uint32_t(e0 >> a.k_log2_group),
+            rec + 2u * uint32_t((e0 + kElems / 2) >> a.k_log2_group), 8u * a.k_row};
+  }
+  __device__ __forceinline__ void load(const uint8_t* stage, const Plan& p) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const uint8_t* base = stage + (h ? p.rows8 : 0u);
+      load_words<kWords>(base + p.word, p.sh, x[h]);
+      s_lo[h] = dup_half(half_at(base, p.s_lo));
+      s_hi[h] = dup_half(half_at(base, p.s_hi));
+    }
+  }
+  // col: this lane's key column of the pair table (4 lane).
+  template <bool kFold>
+  __device__ __forceinline__ void fragment(int c, const uint8_t* table, uint32_t col, uint32_t (&k)[4]) const {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {  // position g, then g + 8
+      k[h] = table_at(table, pair_offset<B>(x[h], 2 * c, col));
+      k[h + 2] = table_at(table, pair_offset<B>(x[h], 2 * c + 1, col));
+      if constexpr (!kFold) {
+        const uint32_t s = (4 * c < kElems / 2) ? s_lo[h] : s_hi[h];
+        k[h] = hmul2_u32(k[h], s);
+        k[h + 2] = hmul2_u32(k[h + 2], s);
+      }
+    }
+  }
+  // The one scale of positions g and 8 + g (records with one scale).
+  __device__ __forceinline__ float scale(int h) const { return __half2float(__ushort_as_half(uint16_t(s_lo[h]))); }
+  // Physical element of the query for the B-fragment k pair 2r (hi = 0) or 2r + 8 (hi = 1) of k-step c.
+  static __device__ __forceinline__ int q_element(int c, int r, int hi) { return r * kElems + 4 * c + 2 * hi; }
+};
+
+template <int HD>
+struct KeyRows {
+  static __device__ __forceinline__ int q_element(int c, int r, int hi) { return 16 * c + 8 * hi + 2 * r; }
+};
+
+// Value A fragments (O^T = V^T P^T: rows = 16 elements, k = 16 positions)
+// of m-tile mt. Records: thread (g, r) expands positions {2r, 2r+1, 2r+8,
+// 2r+9} of elements [g*HD/8, (g+1)*HD/8); m-tile mt's row g is element
+// g*HD/8 + 2mt and row g + 8 is element g*HD/8 + 2mt + 1: one pair lookup per
+// position, and two byte permutes per pair of positions make the fragment.
+template <int B, int HD, bool kFold>
+struct ValueRecords {
+  static constexpr int kElems = HD / 8;
+  static constexpr int kBytes = kElems * B / 8;
+  static constexpr int kWords = (kBytes + 3) / 4;
+  uint32_t x[4][kWords];
+  uint32_t sA, sB;  // half2 scales of positions {2r, 2r+1} and {2r+8, 2r+9}
+
+  // Where this thread's bytes sit in a tile (the same in every tile), once:
+  // positions 2r and 2r + 1 (2r + 8 and 2r + 9 are 8 records further).
+  struct Plan {
+    uint32_t word[2], sh[2], scale[2];
+    uint32_t rows8;
+  };
+  static __device__ __forceinline__ Plan plan(const KernelArgs& a, int g, int r) {
+    Plan p;
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      const uint32_t rec = uint32_t(2 * r + j) * a.v_row, off = rec + a.v_index_offset + uint32_t(g * kBytes);
+      p.word[j] = off & ~3u;
+      p.sh[j] = (off & 3u) * 8u;
+      p.scale[j] = rec + 2u * uint32_t((g * kElems) >> a.v_log2_group);
+    }
+    p.rows8 = 8u * a.v_row;
+    return p;
+  }
+  __device__ __forceinline__ void load(const uint8_t* stage, const Plan& p) {
+    uint32_t s[4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const uint8_t* base = stage + ((j >> 1) ? p.rows8 : 0u);
+      load_words<kWords>(base + p.word[j & 1], p.sh[j & 1], x[j]);
+      s[j] = half_at(base, p.scale[j & 1]);
+    }
+    sA = s[0] | (s[1] << 16);
+    sB = s[2] | (s[3] << 16);
+  }
+  // col: this lane's value column of the pair table (128 + 4 lane).
+  __device__ __forceinline__ void fragment(int mt, const uint8_t* table, uint32_t col, uint32_t (&v)[4]) const {
+    const uint32_t l0 = table_at(table, pair_offset<B>(x[0], mt, col));
+    const uint32_t l1 = table_at(table, pair_offset<B>(x[1], mt, col));
+    const uint32_t l2 = table_at(table, pair_offset<B>(x[2], mt, col));
+    const uint32_t l3 = table_at(table, pair_offset<B>(x[3], mt, col));
+    v[0] = __byte_perm(l0, l1, 0x5410);  // row g (element 2mt), positions 2r, 2r+1
+    v[1] = __byte_perm(l0, l1, 0x7632);  // row g + 8 (element 2mt + 1)
+    v[2] = __byte_perm(l2, l3, 0x5410);  // row g, positions 2r+8, 2r+9
+    v[3] = __byte_perm(l2, l3, 0x7632);
+    if constexpr (!kFold) {
+      v[0] = hmul2_u32(v[0], sA);
+      v[1] = hmul2_u32(v[1], sA);
+      v[2] = hmul2_u32(v[2], sB);
+      v[3] = hmul2_u32(v[3], sB);
+    }
+  }
+  // Physical element of row `row` (0..15) of m-tile mt.
+  static __device__ __forceinline__ int out_element(int mt, int row) { return (row & 7) * kElems + 2 * mt + (row >> 3); }
+};
+
+template <int HD>
+struct ValueRows {
+  static __device__ __forceinline__ int out_element(int mt, int row) { return 16 * mt + row; }
+};
+
+// A reader's per-thread tile plan (FP16 rows need none).
+struct NoPlan {};
+template <class R, class = void> struct PlanOf { using type = NoPlan; };
+template <class R> struct PlanOf<R, std::void_t<typename R::Plan>> { using type = typename R::Plan; };
+
+template <class L, int HD> struct KeyReader;
+template <int HD> struct KeyReader<Fp16Rows, HD> { using type = KeyRows<HD>; };
+template <int B, bool F, int HD> struct KeyReader<Records<B, F>, HD> { using type = KeyRecords<B, HD>; };
+template <class L, int HD> struct ValueReader;
+template <int HD> struct ValueReader<Fp16Rows, HD> { using type = ValueRows<HD>; };
+template <int B, bool F, int HD> struct ValueReader<Records<B, F>, HD> { using type = ValueRecords<B, HD, F>; };
+
+
+// FP16 rows need large stages: 4 warps, 2 stages, 2 CTAs per SM. Records
+// are small: 16 warps (one CTA per SM, at most 128 registers a thread) share
+// one pair table, 3 stages deep (measured on an H200: 16 warps x 3 stages
+// 113.7 us, 16 x 2 112.9 us, 8 x 2 118.6 us at batch 8, 32K, head_dim 128).
+template <class KL, class VL>
+constexpr bool kAnyFp16 = KL::kFp16 || VL::kFp16;
+template <class KL, class VL>
+constexpr int kStages = kAnyFp16<KL, VL> ? 2 : 3;
+template <class KL, class VL>
+constexpr int kWarpsOf = kAnyFp16<KL, VL> ? 4 : 16;
+
+// Fills one codebook's columns (key: column 0, value: column 32 words) of
+// the pair table from 16 fp16 centroids (cooperatively, whole CTA).
+template <int B>
+__device__ void fill_pair_table(uint32_t* table, const uint16_t* centroids, int column, int tid) {
+  constexpr int kEntries = 1 << (2 * B);
+  for (int i = tid; i < kEntries * 32; i += int(blockDim.x)) {
+    const int e = i >> 5;
+    table[e * 64 + column + (i & 31)] =
+        uint32_t(centroids[e & ((1 << B) - 1)]) | (uint32_t(centroids[e >> B]) << 16);
+  }
+}
+
+__device__ __forceinline__ uint32_t transpose8x8(uint32_t x) {
+  uint32_t y;
+  asm volatile("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;\n" : "=r"(y) : "r"(x));
+  return y;
+}
+
+// ---- the split kernel -----------------------------------------------------------------------
+// Per 16-position tile and warp, with the GQA group's (<= 8) heads as the
+// mma's n dimension:
+//   S^T (16 positions x 8 heads) = K Q^T     A = keys, B = query (registers)
+//   online softmax per head (column), shuffles across the 8 lanes of a column
+//   P^T's fragments by movmatrix (an 8x8 transpose in registers)
+//   O^T (head_dim x 8 heads) += V^T P^T      A = values, B = P^T
+
+template <class KL, class VL, int HD>
+__global__ void __launch_bounds__(32 * kWarpsOf<KL, VL>, kAnyFp16<KL, VL> ? 2 : 1) attention_kernel(const KernelArgs a) {
+  constexpr int S = kStages<KL, VL>;
+  constexpr int kWarps = kWarpsOf<KL, VL>, kThreads = 32 * kWarps;
+  constexpr int KSTEPS = HD / 16, MT = HD / 16;
+  using KR = typename KeyReader<KL, HD>::type;
+  using VR = typename ValueReader<VL, HD>::type;
+  // Dynamic shared memory: [key pair table][value pair table unless shared][ring]
+  // ring: (warp, stage) x (key tile, value tile); reused for the warps' merge.
+  extern __shared__ __align__(16) uint8_t smem[];
+  __shared__ float warp_m[kWarps][kMaxRows], warp_d[kWarps][kMaxRows];
+
+  const int tid = int(threadIdx.x), warp = tid / 32, lane = tid % 32, g = lane / 4, r = lane % 4;
+  const int split = int(blockIdx.x), kv = int(blockIdx.y), seq = int(blockIdx.z);
+  const int n_head = a.n_kv * a.group, head0 = kv * a.group;
+  constexpr int kTableBytes = kTableBits<KL, VL> == 0 ? 0 : (1 << (2 * kTableBits<KL, VL>)) * 256;
+  uint8_t* ring = smem + kTableBytes;
+  if constexpr (!KL::kFp16) fill_pair_table<KL::kBits>(reinterpret_cast<uint32_t*>(smem), a.k_table, 0, tid);
+  if constexpr (!VL::kFp16) fill_pair_table<VL::kBits>(reinterpret_cast<uint32_t*>(smem), a.v_table, 32, tid);
+  const uint32_t kcol = 4u * uint32_t(lane), vcol = 128u + 4u * uint32_t(lane);
+
+  const int len = a.seq_len[seq];
+  const int sb = split * a.split, se = min(sb + a.split, len);
+
+  // Query B fragments (column g = head g of the group, zero past it), once.
+  uint32_t qb[KSTEPS][2];
+  {
+    const bool ok = g < a.group;
+    const float* q = a.q + (size_t(seq) * n_head + head0 + (ok ? g : 0)) * HD;
+#pragma unroll
+    for (int c = 0; c < KSTEPS; ++c) {
+      const int e0 = KR::q_element(c, r, 0), e1 = KR::q_element(c, r, 1);
+      qb[c][0] = ok ? pack_half2(q[e0], q[e0 + 1]) : 0u;
+      qb[c][1] = ok ? pack_half2(q[e1], q[e1 + 1]) : 0u;
+    }
+  }
+  // This thread's score columns: heads 2r and 2r + 1.
+  const int hA = 2 * r, hB = 2 * r + 1;
+  float shiftA = 0.0f, shiftB = 0.0f;
+  if (a.shift) {
+    if (hA < a.group) shiftA = a.shift[size_t(seq) * n_head + head0 + hA] * a.scale_log2;
+    if (hB < a.group) shiftB = a.shift[size_t(seq) * n_head + head0 + hB] * a.scale_log2;
+  }
+  __syncthreads();
+
+  float mA = -INFINITY, mB = -INFINITY, dA = 0.0f, dB = 0.0f;
+  float o[MT][4];  // O^T: rows g, g + 8 of each m-tile; columns hA, hB
+#pragma unroll
+  for (int t = 0; t < MT; ++t) o[t][0] = o[t][1] = o[t][2] = o[t][3] = 0.0f;
+
+  const size_t head_base = (size_t(seq) * a.n_kv + kv) * size_t(a.capacity);
+  const uint8_t* kbase = a.keys + head_base * a.k_row;
+  const uint8_t* vbase = a.values + head_base * a.v_row;
+  uint8_t* my_ring = ring + size_t(warp) * S * (a.k_stage + a.v_stage);
+  const int first = sb + kTile * warp;
+  const int n_tiles = first < se ? (se - first + kTile * kWarps - 1) / (kTile * kWarps) : 0;
+  [[maybe_unused]] typename PlanOf<KR>::type kplan{};
+  [[maybe_unused]] typename PlanOf<VR>::type vplan{};
+  if constexpr (!KL::kFp16) kplan = KR::plan(a, g, r);
+  if constexpr (!VL::kFp16) vplan = VR::plan(a, g, r);
+
+  const uint32_t stage_bytes = a.k_stage + a.v_stage;
+  // The next tile to copy (tiles are issued in order).
+  const uint8_t* knext = kbase + size_t(first) * a.k_row;
+  const uint8_t* vnext = vbase + size_t(first) * a.v_row;
+  int next_t0 = first;
+  const uint32_t k_step = uint32_t(kTile * kWarps) * a.k_row, v_step = uint32_t(kTile * kWarps) * a.v_row;
+  auto issue = [&](int stage) {
+    uint8_t* st = my_ring + uint32_t(stage) * stage_bytes;
+    const int valid = min(kTile, se - next_t0);
+    copy_tile<KL, HD>(st, knext, a.k_row, valid, lane);
+    copy_tile<VL, HD>(st + a.k_stage, vnext, a.v_row, valid, lane);
+    knext += k_step;
+    vnext += v_step;
+    next_t0 += kTile * kWarps;
+  };
+#pragma unroll
+  for (int i = 0; i < S - 1; ++i) {
+    if (i < n_tiles) issue(i);
+    cp_async_commit();
+  }
+  int stage = 0;  // i % S
+  for (int i = 0; i < n_tiles; ++i) {
+    const int ahead = stage == 0 ? S - 1 : stage - 1;  // (i + S - 1) % S
+    if (i + S - 1 < n_tiles) issue(ahead);
+    cp_async_commit();
+    cp_async_wait<S - 1>();
+    __syncwarp();
+    const uint8_t* kst = my_ring + uint32_t(stage) * stage_bytes;
+    stage = stage == S - 1 ? 0 : stage + 1;
+    const uint8_t* vst = kst + a.k_stage;
+    const int valid = min(kTile, se - (first + i * kTile * kWarps));
+
+    // ---- S^T = K Q^T (two accumulator chains: even and odd k-steps) ----
+    float s[4] = {0.f, 0.f, 0.f, 0.f}, s2[4] = {0.f, 0.f, 0.f, 0.f};
+    if constexpr (KL::kFp16) {
+      const int mi = lane >> 3;
+      const uint8_t* base = kst + ((mi & 1) * 8 + (lane & 7)) * kRowPitch<HD> + (mi >> 1) * 16;
+#pragma unroll
+      for (int c = 0; c < KSTEPS; ++c) {
+        uint32_t k[4];
+        ldmatrix_x4(k, base + c * 32);
+        mma16816((c & 1) ? s2 : s, k, qb[c][0], qb[c][1]);
+      }
+    } else {
+      KR kr;
+      kr.load(kst, kplan);
+#pragma unroll
+      for (int c = 0; c < KSTEPS; ++c) {
+        uint32_t k[4];
+        kr.template fragment<KL::kFoldScale>(c, smem, kcol, k);
+        mma16816((c & 1) ? s2 : s, k, qb[c][0], qb[c][1]);
+      }
+      if constexpr (KL::kFoldScale) {  // one scale per key record: onto its row of S^T
+        const float sg = kr.scale(0), sg8 = kr.scale(1);
+        s[0] *= sg;
+        s2[0] *= sg;
+        s[1] *= sg;
+        s2[1] *= sg;
+        s[2] *= sg8;
+        s2[2] *= sg8;
+        s[3] *= sg8;
+        s2[3] *= sg8;
+      }
+    }
+
+    // ---- online softmax (base 2) per head; this thread: positions g, g+8 of heads hA, hB ----
+    // s[0] = (pos g, hA), s[1] = (pos g, hB), s[2] = (pos g+8, hA), s[3] = (pos g+8, hB)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) s[j] = (s[j] + s2[j]) * a.scale_log2 + ((j & 1) ? shiftB : shiftA);
+    if (valid < kTile) {  // the split's last tile: mask positions past its end
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        if (g + 8 * (j >> 1) >= valid) s[j] = -INFINITY;
+      }
+    }
+    float mxA = fmaxf(s[0], s[2]), mxB = fmaxf(s[1], s[3]);
+#pragma unroll
+    for (int off = 4; off < 32; off <<= 1) {
+      mxA = fmaxf(mxA, __shfl_xor_sync(0xffffffffu, mxA, off));
+      mxB = fmaxf(mxB, __shfl_xor_sync(0xffffffffu, mxB, off));
+    }
+    const float nA = fmaxf(mA, mxA), nB = fmaxf(mB, mxB);
+    const float baseA = nA == -INFINITY ? 0.0f : nA, baseB = nB == -INFINITY ? 0.0f : nB;
+    // The output is rescaled only when some head's maximum grew (rare after
+    // the first tiles).
+    if (__any_sync(0xffffffffu, nA > mA || nB > mB)) {
+      const float cA = exp2f(mA - baseA), cB = exp2f(mB - baseB);
+      dA *= cA;
+      dB *= cB;
+#pragma unroll
+      for (int t = 0; t < MT; ++t) {
+        o[t][0] *= cA;
+        o[t][1] *= cB;
+        o[t][2] *= cA;
+        o[t][3] *= cB;
+      }
+    }
+    mA = nA;
+    mB = nB;
+    s[0] = exp2f(s[0] - baseA);
+    s[1] = exp2f(s[1] - baseB);
+    s[2] = exp2f(s[2] - baseA);
+    s[3] = exp2f(s[3] - baseB);
+    dA += s[0] + s[2];
+    dB += s[1] + s[3];
+    // P^T as the B fragment of O^T = V^T P^T: b0 = P^T[pos 2r, 2r+1][head g],
+    // b1 = P^T[pos 2r+8, 2r+9][head g]; S^T's accumulator holds P^T[pos g][heads 2r, 2r+1].
+    uint32_t pb0 = transpose8x8(pack_half2(s[0], s[1]));
+    uint32_t pb1 = transpose8x8(pack_half2(s[2], s[3]));
+
+    // ---- O^T += V^T P^T ----
+    if constexpr (VL::kFp16) {
+      const int mi = lane >> 3;
+      const uint8_t* base = vst + ((mi >> 1) * 8 + (lane & 7)) * kRowPitch<HD> + (mi & 1) * 16;
+#pragma unroll
+      for (int t = 0; t < MT; ++t) {
+        uint32_t v[4];
+        ldmatrix_x4_trans(v, base + t * 32);
+        mma16816(o[t], v, pb0, pb1);
+      }
+    } else {
+      VR vr;
+      vr.load(vst, vplan);
+      if constexpr (VL::kFoldScale) {  // one scale per record: into the weights of its position
+        pb0 = hmul2_u32(pb0, vr.sA);
+        pb1 = hmul2_u32(pb1, vr.sB);
+      }
+#pragma unroll
+      for (int t = 0; t < MT; ++t) {
+        uint32_t v[4];
+        vr.fragment(t, smem, vcol, v);
+        mma16816(o[t], v, pb0, pb1);
+      }
+    }
+    __syncwarp();
+  }
+  cp_async_wait<0>();
+
+  // ---- merge the warps' states, write this split's partial state ----
+#pragma unroll
+  for (int off = 4; off < 32; off <<= 1) {
+    dA += __shfl_xor_sync(0xffffffffu, dA, off);
+    dB += __shfl_xor_sync(0xffffffffu, dB, off);
+  }
+  if (g == 0) {
+    warp_m[warp][hA] = mA;
+    warp_m[warp][hB] = mB;
+    warp_d[warp][hA] = dA;
+    warp_d[warp][hB] = dB;
+  }
+  __syncthreads();  // every warp is done with the ring: reuse it
+  float* acc_o = reinterpret_cast<float*>(ring);  // (kMaxRows heads, HD + 4), fragment order
+  constexpr int kAccPitch = HD + 4;
+  for (int i = tid; i < kMaxRows * kAccPitch; i += kThreads) acc_o[i] = 0.0f;
+  float fA, fB;  // this warp's weight in the CTA's state, heads hA and hB
+  {
+    float MA = -INFINITY, MB = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) {
+      MA = fmaxf(MA, warp_m[w][hA]);
+      MB = fmaxf(MB, warp_m[w][hB]);
+    }
+    fA = mA == -INFINITY ? 0.0f : exp2f(mA - MA);
+    fB = mB == -INFINITY ? 0.0f : exp2f(mB - MB);
+  }
+  __syncthreads();
+  for (int w = 0; w < kWarps; ++w) {  // one warp at a time: a fixed summation order
+    if (warp == w) {
+#pragma unroll
+      for (int t = 0; t < MT; ++t) {
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const int head = (j & 1) ? hB : hA;
+          const int row = g + 8 * (j >> 1);  // of m-tile t
+          acc_o[head * kAccPitch + t * 16 + row] += o[t][j] * ((j & 1) ? fB : fA);
+        }
+      }
+    }
+    __syncthreads();
+  }
+  const size_t state0 = (size_t(seq) * n_head + head0) * a.n_split + split;  // head 0's state
+  if (tid < a.group) {
+    float M = -INFINITY;
+    for (int w = 0; w < kWarps; ++w) M = fmaxf(M, warp_m[w][tid]);
+    float D = 0.0f;
+    for (int w = 0; w < kWarps; ++w) {
+      if (warp_m[w][tid] != -INFINITY) D += warp_d[w][tid] * exp2f(warp_m[w][tid] - M);
+    }
+    a.ws_m[state0 + size_t(tid) * a.n_split] = M;
+    a.ws_d[state0 + size_t(tid) * a.n_split] = D;
+  }
+  for (int i = tid; i < a.group * HD; i += kThreads) {  // fragment order -> element order
+    const int head = i / HD, t = (i % HD) / 16, row = i % 16;
+    a.ws_o[(state0 + size_t(head) * a.n_split) * HD + VR::out_element(t, row)] = acc_o[head * kAccPitch + i % HD];
+  }
+}
+
+// One block per (sequence, query head): folds the splits' states in order
+// (kv/online_softmax.h merge, base 2) and normalizes; an empty sequence
+// gives zeros.
+__global__ void merge_kernel(const float* __restrict__ ws_m, const float* __restrict__ ws_d,
+                             const float* __restrict__ ws_o, int n_split, int hd, float* __restrict__ out) {
+  const size_t bh = blockIdx.x;
+  float M = -INFINITY;
+  for (int s = 0; s < n_split; ++s) M = fmaxf(M, ws_m[bh * n_split + s]);
+  for (int e = int(threadIdx.x); e < hd; e += int(blockDim.x)) {
+    float D = 0.0f, acc = 0.0f;
+    if (M != -INFINITY) {
+      for (int s = 0; s < n_split; ++s) {
+        const float d = ws_d[bh * n_split + s];
+        if (d == 0.0f) continue;
+        const float f = exp2f(ws_m[bh * n_split + s] - M);
+        D += d * f;
+        acc += ws_o[(bh * n_split + s) * hd + e] * f;
+      }
+    }
+    out[bh * hd + e] = D > 0.0f ? acc / D : 0.0f;
+  }
+}
+
+using KernelFn = void (*)(KernelArgs);
+
+template <class KL, class VL, int HD>
+constexpr KernelFn kernel_for() {
+  return &attention_kernel<KL, VL, HD>;
+}
+
+// The one dispatch place: (key reader, value reader, head size) -> kernel.
+// Records with one scale per record fold it into the scores (keys) or the
+// weights (values); folded keys are instantiated for equal bit widths only
+// (the turbo<B> schemes), other pairs scale the expanded keys.
+template <int HD, class KL>
+KernelFn pick_value(int vbits, bool v_one_scale) {
+  switch (vbits * 2 + (v_one_scale ? 1 : 0)) {
+    case 32: return kernel_for<KL, Fp16Rows, HD>();
+    case 4: return kernel_for<KL, Records<2, false>, HD>();
+    case 5: return kernel_for<KL, Records<2, true>, HD>();
+    case 6: return kernel_for<KL, Records<3, false>, HD>();
+    case 7: return kernel_for<KL, Records<3, true>, HD>();
+    case 8: return kernel_for<KL, Records<4, false>, HD>();
+    case 9: return kernel_for<KL, Records<4, true>, HD>();
+  }
+  return nullptr;
+}
+template <int HD, int B>
+KernelFn pick_folded(bool v_one_scale) {
+  return v_one_scale ? kernel_for<Records<B, true>, Records<B, true>, HD>()
+                     : kernel_for<Records<B, true>, Records<B, false>, HD>();
+}
+template <int HD>
+KernelFn pick(int kbits, bool k_one_scale, int vbits, bool v_one_scale) {
+  if (k_one_scale && kbits == vbits) {
+    switch (kbits) {
+      case 2: return pick_folded<HD, 2>(v_one_scale);
+      case 3: return pick_folded<HD, 3>(v_one_scale);
+      case 4: return pick_folded<HD, 4>(v_one_scale);
+    }
+  }
+  switch (kbits) {
+    case 16: return pick_value<HD, Fp16Rows>(vbits, v_one_scale);
+    case 2: return pick_value<HD, Records<2, false>>(vbits, v_one_scale);
+    case 3: return pick_value<HD, Records<3, false>>(vbits, v_one_scale);
+    case 4: return pick_value<HD, Records<4, false>>(vbits, v_one_scale);
+  }
+  return nullptr;
+}
+
+// kTableBits / the kernel's table size.
+size_t pair_table_bytes(int kbits, int vbits) {
+  const int b = std::max(kbits == 16 ? 0 : kbits, vbits == 16 ? 0 : vbits);
+  return b == 0 ? 0 : size_t(1) << (2 * b + 8);
+}
+
+int stage_bytes(const StreamFormat& f, int hd, size_t row) {
+  if (f.fp16) return kTile * (hd + 8) * 2;
+  return int((kTile * row + 15) / 16 * 16 + 16);  // + one word read past the last record
+}
+
+int log2_exact(int v) {
+  int l = 0;
+  while ((1 << l) < v) ++l;
+  return l;
+}
+
+}  // namespace
+
+struct DecodeAttention::Params {
+  KernelArgs base{};
+  KernelFn kernel = nullptr;
+  size_t dynamic_smem = 0;
+  int threads = 128;
+  int ctas_per_sm = 1;
+};
+
+DecodeAttention::DecodeAttention(const StreamFormat& keys, const StreamFormat& values, int head_dim, int n_kv_head,
+                                 int group)
+    : kf_(keys), vf_(values), head_dim_(head_dim), n_kv_head_(n_kv_head), group_(group),
+      params_(std::make_unique<Params>()) {
+  if (head_dim != 64 && head_dim != 128) {
+    throw Error("CUDA decode attention supports head_dim 64 and 128, got " + std::to_string(head_dim));
+  }
+  if (group < 1 || group > kMaxRows) {
+    throw Error("CUDA decode attention supports 1..8 query heads per kv head (split larger groups), got " +
+                std::to_string(group));
+  }
+  if (n_kv_head < 1) throw Error("CUDA decode attention: n_kv_head must be positive");
+  KernelArgs& A = params_->base;
+  auto setup = [&](const StreamFormat& f, const char* what, uint32_t& row, uint32_t& index_offset, int& log2g,
+                   uint16_t* table) -> int {
+    row = uint32_t(f.row_bytes(head_dim));
+    if (f.fp16) return 16;
+    const codec::CodecSpec& s = f.spec;
+    codec::validate_spec(s, head_dim);
+    if ((s.kind != codec::CodecKind::Mse && s.kind != codec::CodecKind::Group) || s.bits < 2 || s.bits > 4) {
+      throw Error(std::string("CUDA decode attention: ") + what + " codec " + codec::codec_name(s.kind) +
+                  std::to_string(s.bits) + " is not supported (mse or group at 2, 3 or 4 bits, or fp16)");
+    }
+    const codec::Codec c(s, head_dim);
+    const auto cent = c.codebook()->centroids();
+    for (int i = 0; i < 16; ++i) table[i] = i < int(cent.size()) ? f32_to_fp16(cent[size_t(i)]) : fp16_t(0);
+    index_offset = c.layout().index_offset;
+    log2g = log2_exact(s.kind == codec::CodecKind::Mse ? head_dim : s.effective_group());
+    return s.bits;
+  };
+  const int kb = setup(keys, "key", A.k_row, A.k_index_offset, A.k_log2_group, A.k_table);
+  const int vb = setup(values, "value", A.v_row, A.v_index_offset, A.v_log2_group, A.v_table);
+  k_row_ = A.k_row;
+  v_row_ = A.v_row;
+  // copy_tile moves a tile of records in at most 3 x 32 chunks of 16 bytes.
+  TKV_ASSERT((keys.fp16 || A.k_row <= 96) && (values.fp16 || A.v_row <= 96), "record larger than copy_tile handles");
+  A.k_stage = uint32_t(stage_bytes(keys, head_dim, A.k_row));
+  A.v_stage = uint32_t(stage_bytes(values, head_dim, A.v_row));
+  A.n_kv = n_kv_head;
+  A.group = group;
+  const bool k_one_scale = !keys.fp16 && (1 << A.k_log2_group) == head_dim;
+  const bool v_one_scale = !values.fp16 && (1 << A.v_log2_group) == head_dim;
+  params_->kernel = head_dim == 64 ? pick<64>(kb, k_one_scale, vb, v_one_scale)
+                                   : pick<128>(kb, k_one_scale, vb, v_one_scale);
+  TKV_ASSERT(params_->kernel != nullptr, "no kernel instance for this stream pair");
+  const size_t tables = pair_table_bytes(kb, vb);
+  const bool any_fp16 = keys.fp16 || values.fp16;
+  const int stages = any_fp16 ? 2 : 3;  // kStages
+  params_->threads = 32 * (any_fp16 ? 4 : 16);  // kWarpsOf
+  const size_t ring = size_t(params_->threads / 32) * stages * (A.k_stage + A.v_stage);
+  const size_t merge = size_t(kMaxRows) * (head_dim + 4) * sizeof(float);
+  params_->dynamic_smem = tables + std::max(ring, merge);
+  TKV_CUDA(cudaFuncSetAttribute(params_->kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                int(params_->dynamic_smem)));
+  TKV_CUDA(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&params_->ctas_per_sm, params_->kernel, params_->threads,
+                                                         params_->dynamic_smem));
+  if (params_->ctas_per_sm < 1) throw Error("CUDA decode attention: kernel does not fit on this GPU");
+  sm_count_ = device_info().sm_count;
+}
+
+DecodeAttention::~DecodeAttention() = default;
+
+int DecodeAttention::planned_split(int n_seq, int max_seq_len) const {
+  // One full wave of CTAs where the batch allows it: split the sequence so
+  // that n_seq * n_kv_head * n_split fills the resident CTA slots.
+  const long slots = long(params_->ctas_per_sm) * sm_count_;
+  const long base = long(n_seq) * n_kv_head_;
+  const int max_split = std::max(1, (max_seq_len + 63) / 64);
+  const int n_split = int(std::clamp<long>(slots / std::max(1L, base), 1, max_split));
+  const int per = (max_seq_len + n_split - 1) / n_split;
+  return std::max(64, (per + 63) / 64 * 64);
+}
+
+size_t DecodeAttention::bytes_read(const std::vector<int>& seq_len) const {
+  size_t positions = 0;
+  for (int l : seq_len) positions += size_t(l);
+  return positions * size_t(n_kv_head_) * (k_row_ + v_row_);
+}
+
+void DecodeAttention::run(const AttentionArgs& args) {
+  if (args.n_seq <= 0) return;
+  if (args.capacity % 16 != 0 || args.max_seq_len > args.capacity) {
+    throw Error("CUDA decode attention: capacity " + std::to_string(args.capacity) +
+                " must be a multiple of 16 and at least max_seq_len " + std::to_string(args.max_seq_len));
+  }
+  const int split = args.split > 0 ? args.split : planned_split(args.n_seq, std::max(1, args.max_seq_len));
+  if (split % 64 != 0) throw Error("CUDA decode attention: split must be a multiple of 64, got " + std::to_string(split));
+  const int n_split = std::max(1, (args.max_seq_len + split - 1) / split);
+  const int n_head = n_kv_head_ * group_;
+  const size_t states = size_t(args.n_seq) * n_head * n_split;
+  const size_t need = states * (2 + size_t(head_dim_)) * sizeof(float);
+  if (workspace_.bytes() < need) workspace_ = DeviceBuffer(need);
+  KernelArgs A = params_->base;
+  A.keys = static_cast<const uint8_t*>(args.keys);
+  A.values = static_cast<const uint8_t*>(args.values);
+  A.seq_len = args.seq_len;
+  A.capacity = args.capacity;
+  A.split = split;
+  A.n_split = n_split;
+  A.q = args.q;
+  A.shift = args.shift;
+  A.scale_log2 = args.scale * kLog2e;
+  A.ws_m = workspace_.as<float>();
+  A.ws_d = A.ws_m + states;
+  A.ws_o = A.ws_d + states;
+  const dim3 grid(unsigned(n_split), unsigned(n_kv_head_), unsigned(args.n_seq));
+  params_->kernel<<<grid, unsigned(params_->threads), params_->dynamic_smem>>>(A);
+  TKV_CUDA_LAUNCH("attention_kernel");
+  merge_kernel<<<unsigned(args.n_seq * n_head), 128>>>(A.ws_m, A.ws_d, A.ws_o, n_split, head_dim_, args.out);
+  TKV_CUDA_LAUNCH("merge_kernel");
+}
+
+}  // namespace turbokv::cuda
