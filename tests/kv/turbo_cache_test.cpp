@@ -114,7 +114,8 @@ TEST(Scheme, ParsesEveryListedName) {
 }
 
 TEST(Scheme, BadNamesNameTheProblemAndListTheForms) {
-  for (const char* bad : {"turbo3:fp16layers=", "turbo3:fp16layers=3-1", "turbo3:fp16layers=a", "turbo3:fp16layers=1+"}) {
+  for (const char* bad : {"turbo3:fp16layers=", "turbo3:fp16layers=3-1", "turbo3:fp16layers=a", "turbo3:fp16layers=1+",
+                          "fp16:window=4", "f32:strict:center=0", "fp16/fp16:fp16layers=0"}) {
     EXPECT_THROW(parse_scheme(bad), Error) << bad;
   }
   for (const char* bad : {"turbo5", "turbo4v7", "turbo0v0", "q4_0", "", "turbo", "turbo4:frob=1",
