@@ -30,6 +30,11 @@ HWY_INLINE hn::Vec<DF> LoadRow(DF df, const fp16_t* p) {
 }
 
 // Returns false (doing nothing) if head_dim is not a multiple of the lanes.
+// Per block of kScoreBlock positions: scores four rows at a time (four
+// independent dot products, then their lane sums), one online-softmax
+// update, then the weighted values added one output vector at a time with
+// the vector held in a register across the block. Every score and every
+// output element sees its terms in position order, as the reference does.
 template <class DF, typename T>
 bool AttendHeadD(DF df, const float* HWY_RESTRICT q, const T* HWY_RESTRICT keys, const T* HWY_RESTRICT values,
                  int n_pos, int head_dim, float scale, float* HWY_RESTRICT out) {
@@ -39,23 +44,44 @@ bool AttendHeadD(DF df, const float* HWY_RESTRICT q, const T* HWY_RESTRICT keys,
   float scores[kScoreBlock];
   for (int p0 = 0; p0 < n_pos; p0 += kScoreBlock) {
     const int nb = std::min(kScoreBlock, n_pos - p0);
-    float block_max = -INFINITY;
-    for (int j = 0; j < nb; ++j) {
-      const T* k = keys + size_t(p0 + j) * head_dim;
+    const T* kb = keys + size_t(p0) * head_dim;
+    int j = 0;
+    for (; j + 4 <= nb; j += 4) {
+      const T* k0 = kb + size_t(j) * head_dim;
+      const T* k1 = k0 + head_dim;
+      const T* k2 = k1 + head_dim;
+      const T* k3 = k2 + head_dim;
+      auto a0 = hn::Zero(df), a1 = hn::Zero(df), a2 = hn::Zero(df), a3 = hn::Zero(df);
+      for (int i = 0; i < head_dim; i += N) {
+        const auto qv = hn::LoadU(df, q + i);
+        a0 = hn::MulAdd(qv, LoadRow(df, k0 + i), a0);
+        a1 = hn::MulAdd(qv, LoadRow(df, k1 + i), a1);
+        a2 = hn::MulAdd(qv, LoadRow(df, k2 + i), a2);
+        a3 = hn::MulAdd(qv, LoadRow(df, k3 + i), a3);
+      }
+      scores[j] = scale * hn::GetLane(hn::SumOfLanes(df, a0));
+      scores[j + 1] = scale * hn::GetLane(hn::SumOfLanes(df, a1));
+      scores[j + 2] = scale * hn::GetLane(hn::SumOfLanes(df, a2));
+      scores[j + 3] = scale * hn::GetLane(hn::SumOfLanes(df, a3));
+    }
+    for (; j < nb; ++j) {
+      const T* k = kb + size_t(j) * head_dim;
       auto acc = hn::Zero(df);
       for (int i = 0; i < head_dim; i += N) acc = hn::MulAdd(hn::LoadU(df, q + i), LoadRow(df, k + i), acc);
       scores[j] = scale * hn::GetLane(hn::SumOfLanes(df, acc));
-      block_max = std::max(block_max, scores[j]);
     }
+    float block_max = -INFINITY;
+    for (int t = 0; t < nb; ++t) block_max = std::max(block_max, scores[t]);
     const float m = state.rescale_for(block_max);
-    for (int j = 0; j < nb; ++j) {
-      const float w = std::exp(scores[j] - m);
-      state.d += w;
-      const auto vw = hn::Set(df, w);
-      const T* v = values + size_t(p0 + j) * head_dim;
-      for (int i = 0; i < head_dim; i += N) {
-        hn::StoreU(hn::MulAdd(vw, LoadRow(df, v + i), hn::LoadU(df, out + i)), df, out + i);
-      }
+    for (int t = 0; t < nb; ++t) {
+      scores[t] = std::exp(scores[t] - m);  // now the weight
+      state.d += scores[t];
+    }
+    const T* vb = values + size_t(p0) * head_dim;
+    for (int i = 0; i < head_dim; i += N) {
+      auto acc = hn::LoadU(df, out + i);
+      for (int t = 0; t < nb; ++t) acc = hn::MulAdd(hn::Set(df, scores[t]), LoadRow(df, vb + size_t(t) * head_dim + i), acc);
+      hn::StoreU(acc, df, out + i);
     }
   }
   state.normalize();
