@@ -1,4 +1,4 @@
-// SIMD attention of one query head over an FP16/F32 dense cache, compiled
+// SIMD attention of a group of query heads over an FP16/F32 dense cache, compiled
 // once per instruction set by Highway and chosen at run time. Same algorithm
 // as the scalar reference in dense_cache.cpp (blocked online softmax), with
 // the q·k dots and the value updates vectorized; head sizes that are not a
@@ -10,9 +10,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <optional>
 
 #include "kv/attention_kernels.h"
 #include "kv/online_softmax.h"
+#include "util/error.h"
 
 HWY_BEFORE_NAMESPACE();
 namespace turbokv::kv::detail {
@@ -30,80 +32,92 @@ HWY_INLINE hn::Vec<DF> LoadRow(DF df, const fp16_t* p) {
 }
 
 // Returns false (doing nothing) if head_dim is not a multiple of the lanes.
-// Per block of kScoreBlock positions: scores four rows at a time (four
-// independent dot products, then their lane sums), one online-softmax
-// update, then the weighted values added one output vector at a time with
-// the vector held in a register across the block. Every score and every
-// output element sees its terms in position order, as the reference does.
+// n_q query heads that read the same kv head (GQA) go through each block of
+// kScoreBlock positions together, so the block's keys and values are read
+// from memory once and from L1 for the other heads. Per head and block:
+// scores four rows at a time (four independent dot products, then their lane
+// sums), one online-softmax update, then the weighted values added one output
+// vector at a time with the vector held in a register across the block.
+// Every score and every output element sees its terms in position order, as
+// the reference does, whatever n_q is.
 template <class DF, typename T>
-bool AttendHeadD(DF df, const float* HWY_RESTRICT q, const T* HWY_RESTRICT keys, const T* HWY_RESTRICT values,
-                 int n_pos, int head_dim, float scale, float* HWY_RESTRICT out) {
+bool AttendGroupD(DF df, const float* HWY_RESTRICT q, int n_q, const T* HWY_RESTRICT keys,
+                  const T* HWY_RESTRICT values, int n_pos, int head_dim, float scale, float* HWY_RESTRICT out) {
   const int N = int(hn::Lanes(df));
   if (head_dim % N != 0) return false;
-  SoftmaxState state(out, head_dim);
+  std::optional<SoftmaxState> states[kMaxGroupHeads];
+  for (int h = 0; h < n_q; ++h) states[h].emplace(out + size_t(h) * head_dim, head_dim);
   float scores[kScoreBlock];
   for (int p0 = 0; p0 < n_pos; p0 += kScoreBlock) {
     const int nb = std::min(kScoreBlock, n_pos - p0);
     const T* kb = keys + size_t(p0) * head_dim;
-    int j = 0;
-    for (; j + 4 <= nb; j += 4) {
-      const T* k0 = kb + size_t(j) * head_dim;
-      const T* k1 = k0 + head_dim;
-      const T* k2 = k1 + head_dim;
-      const T* k3 = k2 + head_dim;
-      auto a0 = hn::Zero(df), a1 = hn::Zero(df), a2 = hn::Zero(df), a3 = hn::Zero(df);
-      for (int i = 0; i < head_dim; i += N) {
-        const auto qv = hn::LoadU(df, q + i);
-        a0 = hn::MulAdd(qv, LoadRow(df, k0 + i), a0);
-        a1 = hn::MulAdd(qv, LoadRow(df, k1 + i), a1);
-        a2 = hn::MulAdd(qv, LoadRow(df, k2 + i), a2);
-        a3 = hn::MulAdd(qv, LoadRow(df, k3 + i), a3);
-      }
-      scores[j] = scale * hn::GetLane(hn::SumOfLanes(df, a0));
-      scores[j + 1] = scale * hn::GetLane(hn::SumOfLanes(df, a1));
-      scores[j + 2] = scale * hn::GetLane(hn::SumOfLanes(df, a2));
-      scores[j + 3] = scale * hn::GetLane(hn::SumOfLanes(df, a3));
-    }
-    for (; j < nb; ++j) {
-      const T* k = kb + size_t(j) * head_dim;
-      auto acc = hn::Zero(df);
-      for (int i = 0; i < head_dim; i += N) acc = hn::MulAdd(hn::LoadU(df, q + i), LoadRow(df, k + i), acc);
-      scores[j] = scale * hn::GetLane(hn::SumOfLanes(df, acc));
-    }
-    float block_max = -INFINITY;
-    for (int t = 0; t < nb; ++t) block_max = std::max(block_max, scores[t]);
-    const float m = state.rescale_for(block_max);
-    for (int t = 0; t < nb; ++t) {
-      scores[t] = std::exp(scores[t] - m);  // now the weight
-      state.d += scores[t];
-    }
     const T* vb = values + size_t(p0) * head_dim;
-    for (int i = 0; i < head_dim; i += N) {
-      auto acc = hn::LoadU(df, out + i);
-      for (int t = 0; t < nb; ++t) acc = hn::MulAdd(hn::Set(df, scores[t]), LoadRow(df, vb + size_t(t) * head_dim + i), acc);
-      hn::StoreU(acc, df, out + i);
+    for (int h = 0; h < n_q; ++h) {
+      const float* qh = q + size_t(h) * head_dim;
+      float* oh = out + size_t(h) * head_dim;
+      SoftmaxState& state = *states[h];
+      int j = 0;
+      for (; j + 4 <= nb; j += 4) {
+        const T* k0 = kb + size_t(j) * head_dim;
+        const T* k1 = k0 + head_dim;
+        const T* k2 = k1 + head_dim;
+        const T* k3 = k2 + head_dim;
+        auto a0 = hn::Zero(df), a1 = hn::Zero(df), a2 = hn::Zero(df), a3 = hn::Zero(df);
+        for (int i = 0; i < head_dim; i += N) {
+          const auto qv = hn::LoadU(df, qh + i);
+          a0 = hn::MulAdd(qv, LoadRow(df, k0 + i), a0);
+          a1 = hn::MulAdd(qv, LoadRow(df, k1 + i), a1);
+          a2 = hn::MulAdd(qv, LoadRow(df, k2 + i), a2);
+          a3 = hn::MulAdd(qv, LoadRow(df, k3 + i), a3);
+        }
+        scores[j] = scale * hn::GetLane(hn::SumOfLanes(df, a0));
+        scores[j + 1] = scale * hn::GetLane(hn::SumOfLanes(df, a1));
+        scores[j + 2] = scale * hn::GetLane(hn::SumOfLanes(df, a2));
+        scores[j + 3] = scale * hn::GetLane(hn::SumOfLanes(df, a3));
+      }
+      for (; j < nb; ++j) {
+        const T* k = kb + size_t(j) * head_dim;
+        auto acc = hn::Zero(df);
+        for (int i = 0; i < head_dim; i += N) acc = hn::MulAdd(hn::LoadU(df, qh + i), LoadRow(df, k + i), acc);
+        scores[j] = scale * hn::GetLane(hn::SumOfLanes(df, acc));
+      }
+      float block_max = -INFINITY;
+      for (int t = 0; t < nb; ++t) block_max = std::max(block_max, scores[t]);
+      const float m = state.rescale_for(block_max);
+      for (int t = 0; t < nb; ++t) {
+        scores[t] = std::exp(scores[t] - m);  // now the weight
+        state.d += scores[t];
+      }
+      for (int i = 0; i < head_dim; i += N) {
+        auto acc = hn::LoadU(df, oh + i);
+        for (int t = 0; t < nb; ++t) {
+          acc = hn::MulAdd(hn::Set(df, scores[t]), LoadRow(df, vb + size_t(t) * head_dim + i), acc);
+        }
+        hn::StoreU(acc, df, oh + i);
+      }
     }
   }
-  state.normalize();
+  for (int h = 0; h < n_q; ++h) states[h]->normalize();
   return true;
 }
 
 // The widest vector (up to 16 floats) that divides head_dim: 16 lanes for
 // head_dim 128 on AVX-512, 8 for head_dim 8 (stories260K).
 template <typename T>
-bool AttendHeadT(const float* q, const T* keys, const T* values, int n_pos, int head_dim, float scale, float* out) {
-  return AttendHeadD(hn::CappedTag<float, 16>(), q, keys, values, n_pos, head_dim, scale, out) ||
-         AttendHeadD(hn::CappedTag<float, 8>(), q, keys, values, n_pos, head_dim, scale, out) ||
-         AttendHeadD(hn::CappedTag<float, 4>(), q, keys, values, n_pos, head_dim, scale, out);
+bool AttendGroupT(const float* q, int n_q, const T* keys, const T* values, int n_pos, int head_dim, float scale,
+                  float* out) {
+  return AttendGroupD(hn::CappedTag<float, 16>(), q, n_q, keys, values, n_pos, head_dim, scale, out) ||
+         AttendGroupD(hn::CappedTag<float, 8>(), q, n_q, keys, values, n_pos, head_dim, scale, out) ||
+         AttendGroupD(hn::CappedTag<float, 4>(), q, n_q, keys, values, n_pos, head_dim, scale, out);
 }
 
-bool AttendHeadF16(const float* q, const fp16_t* keys, const fp16_t* values, int n_pos, int head_dim, float scale,
-                   float* out) {
-  return AttendHeadT(q, keys, values, n_pos, head_dim, scale, out);
+bool AttendGroupF16(const float* q, int n_q, const fp16_t* keys, const fp16_t* values, int n_pos, int head_dim,
+                    float scale, float* out) {
+  return AttendGroupT(q, n_q, keys, values, n_pos, head_dim, scale, out);
 }
-bool AttendHeadF32(const float* q, const float* keys, const float* values, int n_pos, int head_dim, float scale,
-                   float* out) {
-  return AttendHeadT(q, keys, values, n_pos, head_dim, scale, out);
+bool AttendGroupF32(const float* q, int n_q, const float* keys, const float* values, int n_pos, int head_dim,
+                    float scale, float* out) {
+  return AttendGroupT(q, n_q, keys, values, n_pos, head_dim, scale, out);
 }
 
 // vcvtps2ph rounds to nearest even (MXCSR's default), as f32_to_fp16 does;
@@ -128,19 +142,21 @@ HWY_AFTER_NAMESPACE();
 
 #if HWY_ONCE
 namespace turbokv::kv::detail {
-HWY_EXPORT(AttendHeadF16);
-HWY_EXPORT(AttendHeadF32);
+HWY_EXPORT(AttendGroupF16);
+HWY_EXPORT(AttendGroupF32);
 HWY_EXPORT(ToFp16);
 
 void to_fp16(const float* x, fp16_t* out, size_t n) { HWY_DYNAMIC_DISPATCH(ToFp16)(x, out, n); }
 
-bool attend_head_fast(const float* q, const fp16_t* keys, const fp16_t* values, int n_pos, int head_dim, float scale,
-                      float* out) {
-  return HWY_DYNAMIC_DISPATCH(AttendHeadF16)(q, keys, values, n_pos, head_dim, scale, out);
+bool attend_group_fast(const float* q, int n_q, const fp16_t* keys, const fp16_t* values, int n_pos, int head_dim,
+                       float scale, float* out) {
+  TKV_ASSERT(n_q >= 1 && n_q <= kMaxGroupHeads, "query heads per call out of range");
+  return HWY_DYNAMIC_DISPATCH(AttendGroupF16)(q, n_q, keys, values, n_pos, head_dim, scale, out);
 }
-bool attend_head_fast(const float* q, const float* keys, const float* values, int n_pos, int head_dim, float scale,
-                      float* out) {
-  return HWY_DYNAMIC_DISPATCH(AttendHeadF32)(q, keys, values, n_pos, head_dim, scale, out);
+bool attend_group_fast(const float* q, int n_q, const float* keys, const float* values, int n_pos, int head_dim,
+                       float scale, float* out) {
+  TKV_ASSERT(n_q >= 1 && n_q <= kMaxGroupHeads, "query heads per call out of range");
+  return HWY_DYNAMIC_DISPATCH(AttendGroupF32)(q, n_q, keys, values, n_pos, head_dim, scale, out);
 }
 }  // namespace turbokv::kv::detail
 #endif

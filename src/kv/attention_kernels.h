@@ -13,13 +13,18 @@ namespace turbokv::kv::detail {
 // output is rescaled once per block (stack buffer, no allocation).
 constexpr int kScoreBlock = 64;
 
-// Attention of one query head over positions [0, n_pos).   q, out: (head_dim)
-// keys, values: (n_pos, head_dim). Returns false without touching `out` when
-// head_dim is not a multiple of the vector length (use the reference then).
-bool attend_head_fast(const float* q, const fp16_t* keys, const fp16_t* values, int n_pos, int head_dim, float scale,
-                      float* out);
-bool attend_head_fast(const float* q, const float* keys, const float* values, int n_pos, int head_dim, float scale,
-                      float* out);
+// Largest number of query heads one call takes (callers split larger GQA groups).
+constexpr int kMaxGroupHeads = 8;
+
+// Attention of n_q (1..kMaxGroupHeads) query heads that read the same kv head,
+// over positions [0, n_pos).   q, out: (n_q, head_dim); keys, values:
+// (n_pos, head_dim). Each head's output is bit for bit what a call with that
+// head alone gives. Returns false without touching `out` when head_dim is not
+// a multiple of the vector length (use the reference then).
+bool attend_group_fast(const float* q, int n_q, const fp16_t* keys, const fp16_t* values, int n_pos, int head_dim,
+                       float scale, float* out);
+bool attend_group_fast(const float* q, int n_q, const float* keys, const float* values, int n_pos, int head_dim,
+                       float scale, float* out);
 
 // out[i] = f32_to_fp16(x[i]) (round to nearest even) for i < n, bit for bit
 // except NaN payloads: the F16C conversion where the CPU has it (AVX2 and

@@ -77,15 +77,37 @@ void attend_head_f16_ref(const float* q, const fp16_t* keys, const fp16_t* value
 
 void attend_head_f32(const float* q, const float* keys, const float* values, int n_pos, int head_dim, float scale,
                      float* out) {
-  if (!detail::attend_head_fast(q, keys, values, n_pos, head_dim, scale, out)) {
-    attend_head_f32_ref(q, keys, values, n_pos, head_dim, scale, out);
-  }
+  attend_group_f32(q, 1, keys, values, n_pos, head_dim, scale, out);
 }
 
 void attend_head_f16(const float* q, const fp16_t* keys, const fp16_t* values, int n_pos, int head_dim, float scale,
                      float* out) {
-  if (!detail::attend_head_fast(q, keys, values, n_pos, head_dim, scale, out)) {
-    attend_head_f16_ref(q, keys, values, n_pos, head_dim, scale, out);
+  attend_group_f16(q, 1, keys, values, n_pos, head_dim, scale, out);
+}
+
+void attend_group_f32(const float* q, int n_q, const float* keys, const float* values, int n_pos, int head_dim,
+                      float scale, float* out) {
+  for (int h0 = 0; h0 < n_q; h0 += detail::kMaxGroupHeads) {
+    const int n = std::min(detail::kMaxGroupHeads, n_q - h0);
+    const float* qh = q + size_t(h0) * head_dim;
+    float* oh = out + size_t(h0) * head_dim;
+    if (detail::attend_group_fast(qh, n, keys, values, n_pos, head_dim, scale, oh)) continue;
+    for (int h = 0; h < n; ++h) {
+      attend_head_f32_ref(qh + size_t(h) * head_dim, keys, values, n_pos, head_dim, scale, oh + size_t(h) * head_dim);
+    }
+  }
+}
+
+void attend_group_f16(const float* q, int n_q, const fp16_t* keys, const fp16_t* values, int n_pos, int head_dim,
+                      float scale, float* out) {
+  for (int h0 = 0; h0 < n_q; h0 += detail::kMaxGroupHeads) {
+    const int n = std::min(detail::kMaxGroupHeads, n_q - h0);
+    const float* qh = q + size_t(h0) * head_dim;
+    float* oh = out + size_t(h0) * head_dim;
+    if (detail::attend_group_fast(qh, n, keys, values, n_pos, head_dim, scale, oh)) continue;
+    for (int h = 0; h < n; ++h) {
+      attend_head_f16_ref(qh + size_t(h) * head_dim, keys, values, n_pos, head_dim, scale, oh + size_t(h) * head_dim);
+    }
   }
 }
 
@@ -159,21 +181,37 @@ void DenseKvCache<T>::attend(int layer, const float* q, float* out, float scale,
   const int hd = shape_.head_dim, nh = shape_.n_head;
   const int group = shape_.n_head / shape_.n_kv_head;  // query heads per kv head
   const int p0 = n_tokens_;
-  const size_t items = size_t(batch_n_) * nh;  // (token, head) pairs
+  // Work items: (token, kv head) with all its query heads in one pass over
+  // the keys and values (read once), when that leaves at least two items per
+  // thread; else (token, query head), so a decode step still spreads over
+  // the threads. Both give the same bits.
+  const bool grouped = size_t(batch_n_) * shape_.n_kv_head >= 2 * size_t(pool.size());
+  const int heads = grouped ? group : 1;  // query heads per item
+  const int per_token = nh / heads;
+  const size_t items = size_t(batch_n_) * per_token;
   pool.parallel_for(items, 1, [&](size_t begin, size_t end, int) {
     for (size_t it = begin; it < end; ++it) {
-      const int t = int(it / nh), h = int(it % nh);
-      const int kvh = h / group;
-      const size_t base = offset(layer, kvh, 0);
-      const float* qh = q + (size_t(t) * nh + h) * hd;  // (n, n_head, head_dim)
+      const int t = int(it / per_token), h = int(it % per_token) * heads;  // first query head
+      const size_t base = offset(layer, h / group, 0);
+      const float* qh = q + (size_t(t) * nh + h) * hd;  // (n, n_head, head_dim): a group's heads are adjacent
       float* oh = out + (size_t(t) * nh + h) * hd;
       const int n_pos = p0 + t + 1;  // causal: positions [0, p0 + t]
       const T* kp = keys_.data() + base;
       const T* vp = values_.data() + base;
-      if constexpr (std::is_same_v<T, float>) {
-        (use_fast_ ? attend_head_f32 : attend_head_f32_ref)(qh, kp, vp, n_pos, hd, scale, oh);
-      } else {
-        (use_fast_ ? attend_head_f16 : attend_head_f16_ref)(qh, kp, vp, n_pos, hd, scale, oh);
+      if (use_fast_) {
+        if constexpr (std::is_same_v<T, float>) {
+          attend_group_f32(qh, heads, kp, vp, n_pos, hd, scale, oh);
+        } else {
+          attend_group_f16(qh, heads, kp, vp, n_pos, hd, scale, oh);
+        }
+        continue;
+      }
+      for (int j = 0; j < heads; ++j) {
+        if constexpr (std::is_same_v<T, float>) {
+          attend_head_f32_ref(qh + size_t(j) * hd, kp, vp, n_pos, hd, scale, oh + size_t(j) * hd);
+        } else {
+          attend_head_f16_ref(qh + size_t(j) * hd, kp, vp, n_pos, hd, scale, oh + size_t(j) * hd);
+        }
       }
     }
   });

@@ -85,6 +85,13 @@ void attend_head_f32(const float* q, const float* keys, const float* values, int
                      float* out);
 void attend_head_f16(const float* q, const fp16_t* keys, const fp16_t* values, int n_pos, int head_dim, float scale,
                      float* out);
+// The same for n_q query heads that read this kv head (GQA), in one pass over
+// the keys and values; each head's output is bit for bit attend_head_*'s.
+//   q, out: (n_q, head_dim)
+void attend_group_f32(const float* q, int n_q, const float* keys, const float* values, int n_pos, int head_dim,
+                      float scale, float* out);
+void attend_group_f16(const float* q, int n_q, const fp16_t* keys, const fp16_t* values, int n_pos, int head_dim,
+                      float scale, float* out);
 // The scalar references (blocked online softmax, one position at a time).
 void attend_head_f32_ref(const float* q, const float* keys, const float* values, int n_pos, int head_dim,
                          float scale, float* out);

@@ -489,11 +489,8 @@ void TurboKvCache::attend_item(int layer, int t, int g, const float* q, float* o
   if (n_enc == 0) {
     const fp16_t* kp = K.is_codec() ? K.staged_of(layer, g).data() : K.dense_row(layer, g, 0);
     const fp16_t* vp = V.is_codec() ? V.staged_of(layer, g).data() : V.dense_row(layer, g, 0);
-    for (int j = 0; j < group; ++j) {
-      const int h = g * group + j;
-      attend_head_f16(q + (size_t(t) * nh + h) * hd, kp, vp, n_pos, hd, scale,
-                      out + (size_t(t) * nh + h) * hd);
-    }
+    const size_t h0 = size_t(t) * nh + size_t(g) * group;  // the group's query heads are adjacent
+    attend_group_f16(q + h0 * hd, group, kp, vp, n_pos, hd, scale, out + h0 * hd);
     return;
   }
 

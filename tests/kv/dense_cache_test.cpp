@@ -336,19 +336,48 @@ TEST(DenseCache, SimdKernelMatchesScalarReference) {
       for (size_t i = 0; i < kf.size(); ++i) { kh[i] = f32_to_fp16(kf[i]); vh[i] = f32_to_fp16(vf[i]); }
       std::vector<float> ref(static_cast<size_t>(hd)), fast(static_cast<size_t>(hd), 123.0f);
       attend_head_f16_ref(q.data(), kh.data(), vh.data(), n_pos, hd, 0.3f, ref.data());
-      if (detail::attend_head_fast(q.data(), kh.data(), vh.data(), n_pos, hd, 0.3f, fast.data())) {
+      if (detail::attend_group_fast(q.data(), 1, kh.data(), vh.data(), n_pos, hd, 0.3f, fast.data())) {
         ++n_fast;
         EXPECT_LT(max_abs_diff(fast, ref), kSimdVsReferenceTolerance) << "f16 hd " << hd << " n_pos " << n_pos;
       } else {
         EXPECT_EQ(fast[0], 123.0f);  // untouched when it declines
       }
       attend_head_f32_ref(q.data(), kf.data(), vf.data(), n_pos, hd, 0.3f, ref.data());
-      if (detail::attend_head_fast(q.data(), kf.data(), vf.data(), n_pos, hd, 0.3f, fast.data())) {
+      if (detail::attend_group_fast(q.data(), 1, kf.data(), vf.data(), n_pos, hd, 0.3f, fast.data())) {
         EXPECT_LT(max_abs_diff(fast, ref), kSimdVsReferenceTolerance) << "f32 hd " << hd << " n_pos " << n_pos;
       }
     }
   }
   EXPECT_GT(n_fast, 0);  // every x86 target has at most 16 float lanes: hd 128 always runs
+}
+
+// GQA: the query heads of a kv head go through the keys together; each
+// head's output must be bit for bit what it gets alone (groups of 1 to 11,
+// beyond kMaxGroupHeads too, which splits).
+TEST(DenseCache, GroupOfHeadsEqualsEachHeadAlone) {
+  Rng rng(22);
+  for (int hd : {8, 64, 128}) {
+    for (int n_q : {1, 2, 3, 8, 11}) {
+      const int n_pos = 131;
+      auto q = random_vec(rng, size_t(n_q) * hd);
+      auto kf = random_vec(rng, size_t(n_pos) * hd, 2.0f), vf = random_vec(rng, size_t(n_pos) * hd);
+      std::vector<fp16_t> kh(kf.size()), vh(vf.size());
+      for (size_t i = 0; i < kf.size(); ++i) { kh[i] = f32_to_fp16(kf[i]); vh[i] = f32_to_fp16(vf[i]); }
+      std::vector<float> together(size_t(n_q) * hd), alone(static_cast<size_t>(hd));
+      attend_group_f16(q.data(), n_q, kh.data(), vh.data(), n_pos, hd, 0.3f, together.data());
+      for (int h = 0; h < n_q; ++h) {
+        attend_head_f16(q.data() + size_t(h) * hd, kh.data(), vh.data(), n_pos, hd, 0.3f, alone.data());
+        ASSERT_EQ(alone, std::vector<float>(together.begin() + ptrdiff_t(h) * hd, together.begin() + ptrdiff_t(h + 1) * hd))
+            << "hd " << hd << " n_q " << n_q << " head " << h;
+      }
+      attend_group_f32(q.data(), n_q, kf.data(), vf.data(), n_pos, hd, 0.3f, together.data());
+      for (int h = 0; h < n_q; ++h) {
+        attend_head_f32(q.data() + size_t(h) * hd, kf.data(), vf.data(), n_pos, hd, 0.3f, alone.data());
+        ASSERT_EQ(alone, std::vector<float>(together.begin() + ptrdiff_t(h) * hd, together.begin() + ptrdiff_t(h + 1) * hd))
+            << "f32 hd " << hd << " n_q " << n_q << " head " << h;
+      }
+    }
+  }
 }
 
 TEST(DenseCache, FastAndReferenceCachesAgree) {
