@@ -85,30 +85,34 @@ void attend_head_f16(const float* q, const fp16_t* keys, const fp16_t* values, i
   attend_group_f16(q, 1, keys, values, n_pos, head_dim, scale, out);
 }
 
-void attend_group_f32(const float* q, int n_q, const float* keys, const float* values, int n_pos, int head_dim,
-                      float scale, float* out) {
+namespace {
+
+// A group of query heads through the fast kernel, kMaxGroupHeads at a time;
+// head by head through the reference where the kernel declines.
+template <typename T, typename Reference>
+void attend_group(const float* q, int n_q, const T* keys, const T* values, int n_pos, int head_dim, float scale,
+                  float* out, Reference reference) {
   for (int h0 = 0; h0 < n_q; h0 += detail::kMaxGroupHeads) {
     const int n = std::min(detail::kMaxGroupHeads, n_q - h0);
     const float* qh = q + size_t(h0) * head_dim;
     float* oh = out + size_t(h0) * head_dim;
     if (detail::attend_group_fast(qh, n, keys, values, n_pos, head_dim, scale, oh)) continue;
     for (int h = 0; h < n; ++h) {
-      attend_head_f32_ref(qh + size_t(h) * head_dim, keys, values, n_pos, head_dim, scale, oh + size_t(h) * head_dim);
+      reference(qh + size_t(h) * head_dim, keys, values, n_pos, head_dim, scale, oh + size_t(h) * head_dim);
     }
   }
 }
 
+}  // namespace
+
+void attend_group_f32(const float* q, int n_q, const float* keys, const float* values, int n_pos, int head_dim,
+                      float scale, float* out) {
+  attend_group(q, n_q, keys, values, n_pos, head_dim, scale, out, attend_head_f32_ref);
+}
+
 void attend_group_f16(const float* q, int n_q, const fp16_t* keys, const fp16_t* values, int n_pos, int head_dim,
                       float scale, float* out) {
-  for (int h0 = 0; h0 < n_q; h0 += detail::kMaxGroupHeads) {
-    const int n = std::min(detail::kMaxGroupHeads, n_q - h0);
-    const float* qh = q + size_t(h0) * head_dim;
-    float* oh = out + size_t(h0) * head_dim;
-    if (detail::attend_group_fast(qh, n, keys, values, n_pos, head_dim, scale, oh)) continue;
-    for (int h = 0; h < n; ++h) {
-      attend_head_f16_ref(qh + size_t(h) * head_dim, keys, values, n_pos, head_dim, scale, oh + size_t(h) * head_dim);
-    }
-  }
+  attend_group(q, n_q, keys, values, n_pos, head_dim, scale, out, attend_head_f16_ref);
 }
 
 void validate_shape(const CacheShape& s) {
@@ -239,21 +243,22 @@ size_t DenseKvCache<T>::bytes() const {
 }
 
 template <typename T>
-void DenseKvCache<T>::read_key(int layer, int kv_head, int pos, float* out) const {
+void DenseKvCache<T>::read_row(const std::vector<T>& stream, int layer, int kv_head, int pos, float* out) const {
   TKV_ASSERT(pos >= 0 && pos < shape_.max_tokens, "pos out of range");
-  const T* p = keys_.data() + offset(layer, kv_head, pos);
+  const T* p = stream.data() + offset(layer, kv_head, pos);
   for (int i = 0; i < shape_.head_dim; ++i) {
     if constexpr (std::is_same_v<T, float>) out[i] = p[i]; else out[i] = fp16_to_f32(p[i]);
   }
 }
 
 template <typename T>
+void DenseKvCache<T>::read_key(int layer, int kv_head, int pos, float* out) const {
+  read_row(keys_, layer, kv_head, pos, out);
+}
+
+template <typename T>
 void DenseKvCache<T>::read_value(int layer, int kv_head, int pos, float* out) const {
-  TKV_ASSERT(pos >= 0 && pos < shape_.max_tokens, "pos out of range");
-  const T* p = values_.data() + offset(layer, kv_head, pos);
-  for (int i = 0; i < shape_.head_dim; ++i) {
-    if constexpr (std::is_same_v<T, float>) out[i] = p[i]; else out[i] = fp16_to_f32(p[i]);
-  }
+  read_row(values_, layer, kv_head, pos, out);
 }
 
 template <typename T>

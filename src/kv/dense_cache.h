@@ -58,6 +58,7 @@ class DenseKvCache final : public KvCache {
   void read_value(int layer, int kv_head, int pos, float* out) const;  // out: (head_dim)
 
  private:
+  void read_row(const std::vector<T>& stream, int layer, int kv_head, int pos, float* out) const;
   size_t offset(int layer, int kv_head, int pos) const {
     return ((size_t(layer) * shape_.n_kv_head + kv_head) * shape_.max_tokens + pos) * shape_.head_dim;
   }

@@ -262,19 +262,19 @@ SchemeSpec parse_scheme(std::string_view name) {
 
   if (colon != std::string_view::npos) {
     std::string_view opts = name.substr(colon + 1);
-    int only_strict = 1;
+    bool only_strict = true;
     for (;;) {
       const size_t sep = opts.find(':');
       const std::string_view opt = opts.substr(0, sep);
       if (opt.empty()) bad(name, "empty option");
       apply_option(name, spec, opt);
-      if (opt != "strict") only_strict = 0;
+      if (opt != "strict") only_strict = false;
       if (sep == std::string_view::npos) break;
       opts = opts.substr(sep + 1);
     }
     // Dense caches store exact rows from the first token, which is what
     // `strict` asks; every other option would be silently ignored.
-    if (spec.is_dense() && only_strict != 1) {
+    if (spec.is_dense() && !only_strict) {
       bad(name, "options apply to compressed caches; a dense cache (fp16, f32) takes only 'strict'");
     }
   }

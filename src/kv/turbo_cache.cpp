@@ -616,44 +616,38 @@ void TurboKvCache::trim(int n) {
 
 int TurboKvCache::n_encoded(int layer) const { return n_encoded_.at(size_t(layer)); }
 
-void TurboKvCache::read_key(int layer, int g, int pos, float* out) const {
+bool TurboKvCache::read_stream(const Stream& st, int layer, int g, int pos, float* out) const {
   TKV_ASSERT(pos >= 0 && pos < n_tokens_, "pos out of range");
   const int hd = shape_.head_dim;
-  const Stream& K = *keys_;
-  if (!K.is_codec()) {
-    for (int i = 0; i < hd; ++i) out[i] = fp16_to_f32(K.dense_row(layer, g, pos)[i]);
+  const fp16_t* row = nullptr;
+  if (!st.is_codec()) {
+    row = st.dense_row(layer, g, pos);
   } else if (pos >= n_encoded_[size_t(layer)]) {
-    const fp16_t* r = K.staged_of(layer, g).data() + size_t(pos - staged_base_[size_t(layer)]) * hd;
-    for (int i = 0; i < hd; ++i) out[i] = fp16_to_f32(r[i]);
-  } else {
-    float xr[codec::kMaxDim], x[codec::kMaxDim];
-    K.codec->decode_rotated(K.record(layer, g, pos), xr);
-    if (K.rotated()) rotations_[size_t(layer) * shape_.n_kv_head + g].inverse(xr, x);
-    else std::copy(xr, xr + hd, x);
-    const Calib& c = calib_[size_t(layer)];
-    for (int i = 0; i < hd; ++i) {
-      out[i] = x[i] * c.inv_key_scale[size_t(g) * hd + i] + c.key_mean[size_t(g) * hd + i];
-    }
+    row = st.staged_of(layer, g).data() + size_t(pos - staged_base_[size_t(layer)]) * hd;
   }
+  if (row != nullptr) {
+    for (int i = 0; i < hd; ++i) out[i] = fp16_to_f32(row[i]);
+    return false;
+  }
+  float xr[codec::kMaxDim];
+  st.codec->decode_rotated(st.record(layer, g, pos), xr);
+  if (st.rotated()) rotations_[size_t(layer) * shape_.n_kv_head + g].inverse(xr, out);
+  else std::copy(xr, xr + hd, out);
+  return true;
+}
+
+void TurboKvCache::read_key(int layer, int g, int pos, float* out) const {
+  if (!read_stream(*keys_, layer, g, pos, out)) return;
+  const int hd = shape_.head_dim;
+  const Calib& c = calib_[size_t(layer)];
+  for (int i = 0; i < hd; ++i) out[i] = out[i] * c.inv_key_scale[size_t(g) * hd + i] + c.key_mean[size_t(g) * hd + i];
 }
 
 void TurboKvCache::read_value(int layer, int g, int pos, float* out) const {
-  TKV_ASSERT(pos >= 0 && pos < n_tokens_, "pos out of range");
+  if (!read_stream(*values_, layer, g, pos, out)) return;
   const int hd = shape_.head_dim;
-  const Stream& V = *values_;
-  if (!V.is_codec()) {
-    for (int i = 0; i < hd; ++i) out[i] = fp16_to_f32(V.dense_row(layer, g, pos)[i]);
-  } else if (pos >= n_encoded_[size_t(layer)]) {
-    const fp16_t* r = V.staged_of(layer, g).data() + size_t(pos - staged_base_[size_t(layer)]) * hd;
-    for (int i = 0; i < hd; ++i) out[i] = fp16_to_f32(r[i]);
-  } else {
-    float xr[codec::kMaxDim];
-    V.codec->decode_rotated(V.record(layer, g, pos), xr);
-    if (V.rotated()) rotations_[size_t(layer) * shape_.n_kv_head + g].inverse(xr, out);
-    else std::copy(xr, xr + hd, out);
-    const Calib& c = calib_[size_t(layer)];
-    for (int i = 0; i < hd; ++i) out[i] += c.value_mean[size_t(g) * hd + i];
-  }
+  const Calib& c = calib_[size_t(layer)];
+  for (int i = 0; i < hd; ++i) out[i] += c.value_mean[size_t(g) * hd + i];
 }
 
 size_t TurboKvCache::bytes() const {

@@ -80,6 +80,10 @@ class TurboKvCache final : public KvCache {
   struct Stream;
   struct Scratch;
 
+  // Position pos of a stream as stored: raw rows as they are (returns false);
+  // a record decoded and rotated back, still scaled and centred as encoded
+  // (returns true: the caller undoes its stream's calibration).
+  bool read_stream(const Stream& st, int layer, int g, int pos, float* out) const;
   void encode_staged(int layer, ThreadPool& pool);
   void calibrate(int layer);
   // Encoded positions token t of the batch reads as records; it reads the
