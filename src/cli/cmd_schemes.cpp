@@ -31,16 +31,19 @@ int run_schemes(int head_dim, int tokens, bool json, const std::vector<std::stri
   if (!json) {
     std::printf("KV cache schemes at head_dim %d. K, V bits and avg: the records, every norm and scale\n"
                 "included. At %d tokens: everything a cache of that many tokens holds, with the FP16\n"
-                "window and the calibration state (key mean and scales, per layer and kv head).\n\n",
+                "window, the near tier (tokens@bits) and the calibration state (key mean and scales,\n"
+                "per layer and kv head).\n\n",
                 head_dim, tokens);
-    std::printf("%-10s  %-16s  %-16s  %7s  %7s  %7s  %6s  %9s  %6s\n", "scheme", "keys", "values", "K bits", "V bits",
-                "avg", "window", "at tokens", "vs f16");
+    std::printf("%-10s  %-16s  %-16s  %7s  %7s  %7s  %6s  %5s  %9s  %6s\n", "scheme", "keys", "values", "K bits",
+                "V bits", "avg", "window", "near", "at tokens", "vs f16");
   }
   for (const auto& name : names) {
     const kv::SchemeSpec spec = kv::parse_scheme(name);
     auto serves_stream = [&](const kv::StreamSpec& st) {
-      return st.kind != kv::StreamKind::Codec ||
-             !codec::spec_problem(kv::SchemeSpec::resolve_codec(st, head_dim), head_dim);
+      auto serves_codec = [&](const kv::StreamSpec& s) {
+        return !codec::spec_problem(kv::SchemeSpec::resolve_codec(s, head_dim), head_dim);
+      };
+      return st.kind != kv::StreamKind::Codec || (serves_codec(st) && (spec.near == 0 || serves_codec(spec.near_stream(st))));
     };
     const bool serves = serves_stream(spec.key), serves_v = serves_stream(spec.value);
     const double kb = kv::SchemeSpec::stream_bits(spec.key, head_dim);
@@ -55,6 +58,8 @@ int run_schemes(int head_dim, int tokens, bool json, const std::vector<std::stri
         r["value_bits"] = vb;
         r["bits_per_element"] = avg;
         r["window"] = spec.window;
+        r["near"] = spec.near;
+        r["near_bits"] = spec.near_bits;
         r["tokens"] = tokens;
         r["bits_per_element_at_tokens"] = at;
         r["compression_vs_fp16"] = 16.0 / at;
@@ -64,9 +69,12 @@ int run_schemes(int head_dim, int tokens, bool json, const std::vector<std::stri
       std::printf("%-10s  %-16s  %-16s  cannot serve head_dim %d\n", name.c_str(), describe(spec.key, head_dim).c_str(),
                   describe(spec.value, head_dim).c_str(), head_dim);
     } else {
-      std::printf("%-10s  %-16s  %-16s  %7.3f  %7.3f  %7.3f  %6d  %9.3f  %5.2fx\n", name.c_str(),
+      const std::string near = spec.near == 0    ? "0"
+                              : spec.near_bits ? std::to_string(spec.near) + "@" + std::to_string(spec.near_bits)
+                                               : std::to_string(spec.near) + "@+1";
+      std::printf("%-10s  %-16s  %-16s  %7.3f  %7.3f  %7.3f  %6d  %5s  %9.3f  %5.2fx\n", name.c_str(),
                   describe(spec.key, head_dim).c_str(), describe(spec.value, head_dim).c_str(), kb, vb, avg, spec.window,
-                  at, 16.0 / at);
+                  near.c_str(), at, 16.0 / at);
     }
   }
   if (json) {

@@ -15,13 +15,15 @@
 //   keys (layer, kv_head, pos < n_tokens, head_dim) of T, then values alike.
 // Cache state of TurboKvCache (every other scheme):
 //   int32 n_tokens, int64 tokens_encoded,
-//   per layer: int32 n_encoded, uint8 calibrated, int64 query count,
+//   per layer: int32 n_encoded, int32 staged_base, int32 n_far, int32 near_base,
+//              uint8 calibrated, int64 query count,
 //              vectors (uint64 count + elements) key_mean, key_scale,
 //              value_mean (f32), query square sums (f64; empty once
 //              calibrated: they are only used to calibrate),
 //   per stream (keys, then values), per layer, per kv head:
-//       codec stream: records [0, n_encoded) (record_bytes each), then the
-//                     staged raw positions [n_encoded, n_tokens) as fp16;
+//       codec stream: records [0, n_far) (record_bytes each); with a near
+//                     tier, near records [near_base, n_encoded); then the
+//                     raw rows [staged_base, n_tokens) as fp16;
 //       fp16 stream:  positions [0, n_tokens) as fp16.
 // Restoring gives exactly the saved state, so generation continues bit for
 // bit as it would have without the save.
@@ -44,7 +46,7 @@
 namespace turbokv::kv {
 
 inline constexpr char kCacheFileMagic[4] = {'T', 'K', 'V', 'C'};
-inline constexpr uint32_t kCacheFileVersion = 2;  // 2: raw rows kept for a trim, 1-byte key scales
+inline constexpr uint32_t kCacheFileVersion = 3;  // 3: the near tier; 2: raw rows kept for a trim, 1-byte key scales
 inline constexpr size_t kCacheFileHeaderBytes = 136;
 inline constexpr size_t kCacheFileChecksumBytes = 8;
 inline constexpr size_t kArchitectureBytes = 32;

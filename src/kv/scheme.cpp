@@ -127,6 +127,12 @@ void apply_option(std::string_view whole, SchemeSpec& spec, std::string_view opt
     flag((key == "ksearch" ? spec.key : spec.value).codec.scale_search);
   } else if (key == "window") {
     if (!parse_int(val, spec.window) || spec.window < 0) bad(whole, "window takes a non-negative token count");
+  } else if (key == "near") {
+    if (!parse_int(val, spec.near) || spec.near < 0) bad(whole, "near takes a non-negative token count");
+  } else if (key == "nearbits") {
+    if (!parse_int(val, spec.near_bits) || spec.near_bits < 1 || spec.near_bits > 8) {
+      bad(whole, "nearbits takes a bit width in 2..8");
+    }
   } else if (key == "fp16layers") {
     // Layer indices and ranges joined by '+': "0+4", "0-1+7".
     spec.fp16_layers.clear();
@@ -191,12 +197,21 @@ double SchemeSpec::stream_bits(const StreamSpec& s, int head_dim) {
   return 0.0;
 }
 
+StreamSpec SchemeSpec::near_stream(const StreamSpec& s) const {
+  StreamSpec out = s;
+  out.codec.bits = near_bits > 0 ? near_bits : std::min(8, s.codec.bits + 1);
+  out.name = s.name + "@" + std::to_string(out.codec.bits);
+  return out;
+}
+
 double SchemeSpec::bits_at(int head_dim, int n_tokens) const {
   const bool k_codec = key.kind == StreamKind::Codec, v_codec = value.kind == StreamKind::Codec;
-  const double n = n_tokens, raw = std::min(n, double(window));
+  const double n = n_tokens, raw = std::min(n, double(window)), nearer = std::min(n - raw, double(near));
   auto stream = [&](const StreamSpec& s) {
     const double b = stream_bits(s, head_dim);
-    return s.kind == StreamKind::Codec ? ((n - raw) * b + raw * 16.0) / n : b;
+    if (s.kind != StreamKind::Codec) return b;
+    const double nb = nearer > 0 ? stream_bits(near_stream(s), head_dim) : 0.0;
+    return ((n - raw - nearer) * b + nearer * nb + raw * 16.0) / n;
   };
   double state = 0;  // bits per channel of one (layer, kv head)
   if (k_codec && center_keys) state += 16;
@@ -213,7 +228,7 @@ std::string scheme_forms() {
          "  options:      <scheme>:<opt>:<opt>... with center=0|1, vcenter=0|1,\n"
          "                calib=none|key|query, rot=auto|hadamard|block|dense, seed=N, strict,\n"
          "                kscale|vscale=auto|norm|matched|ls|unbiased, ksearch|vsearch=0|1, window=N,\n"
-         "                fp16layers=L[+L|-L...]";
+         "                near=N, nearbits=B, fp16layers=L[+L|-L...]";
 }
 
 std::vector<std::string> listed_schemes() {
@@ -254,6 +269,7 @@ SchemeSpec parse_scheme(std::string_view name) {
     spec.key = kb == 0 ? parse_element(name, "fp16") : parse_element(name, "turbo" + std::to_string(kb));
     spec.value = vb == 0 ? parse_element(name, "fp16") : parse_element(name, "turbo" + std::to_string(vb));
     spec.window = kTurboWindow;
+    spec.near = kTurboNear;
   } else {
     spec.key = spec.value = parse_element(name, base);
   }
@@ -276,6 +292,14 @@ SchemeSpec parse_scheme(std::string_view name) {
     // `strict` asks; every other option would be silently ignored.
     if (spec.is_dense() && !only_strict) {
       bad(name, "options apply to compressed caches; a dense cache (fp16, f32) takes only 'strict'");
+    }
+  }
+  if (spec.near > 0) {
+    for (const StreamSpec* s : {&spec.key, &spec.value}) {
+      if (s->kind == StreamKind::Codec && spec.near_bits > 0 && spec.near_bits < s->codec.bits) {
+        bad(name, "nearbits (" + std::to_string(spec.near_bits) + ") is below the bits of the " +
+                      (s == &spec.key ? "keys" : "values") + " (" + std::to_string(s->codec.bits) + ")");
+      }
     }
   }
   return spec;

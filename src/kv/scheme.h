@@ -12,10 +12,12 @@
 //   values   group B-bit, groups of 128 when keys are compressed (so that
 //            turbo4 stays within 4.25 bits), groups of 16 under FP16 keys
 //            (turbo0v<B>, the seed's design); scale search, matched norm
-//   window   the newest kTurboWindow tokens stay FP16: attention puts much of
-//            its weight on the last few tokens, so their errors dominate the
-//            loss (a 4-token window cuts turbo4's KLD by more than half for
-//            0.09 bits/element at 512 tokens, 0.006 at 8K)
+//   window   precision by age: the newest kTurboWindow tokens stay FP16 and
+//            the kTurboNear before them are held at one more bit. Attention
+//            puts much of its weight on the last few dozen tokens, so their
+//            errors dominate the loss: at 512 tokens, for the bits a 4-token
+//            FP16 window costs (0.1 bits/element; 0.006 at 8K), this halves
+//            turbo3's and turbo4's KLD again (docs/RESULTS.md §3)
 //   A head size the group does not divide gets one scale per vector.
 //   <kspec>/<vspec>                 any two element specs: fp16, f32, affine4, affine8,
 //                                   turbo<B>, mse<B>, group<B>[g<G>], prod<B>
@@ -33,6 +35,12 @@
 //       ksearch=, vsearch=0|1   least-squares search over grid placements
 //       window=N      keep the newest N tokens as FP16 and encode each token
 //                     once it is N tokens old (a residual window, as in KIVI)
+//       near=N        the N tokens after the FP16 window are held at nearbits
+//                     (the same codec, more bits) and re-encoded at the
+//                     stream's bits once older: precision by age, since
+//                     attention weight falls with distance
+//       nearbits=B    bits of that tier, at least the streams' (default: one
+//                     more than each stream's, at most 8)
 //       fp16layers=L[+L...]   keep these layers' keys and values FP16 (indices and
 //                     ranges, e.g. 0+4 or 0-1+7): per-layer precision
 //       strict        compress from the first token (prefill included), as
@@ -53,8 +61,11 @@ namespace turbokv::kv {
 
 enum class StreamKind : uint8_t { F32 = 0, Fp16 = 1, Codec = 2 };
 
-// The FP16 window of the named turbo schemes (`window=N` overrides it).
-inline constexpr int kTurboWindow = 4;
+// The FP16 window and the near tier of the named turbo schemes (`window=N`
+// and `near=N` override them): 2 FP16 tokens and 26 at one more bit cost
+// what 4 FP16 tokens cost at 3 bits.
+inline constexpr int kTurboWindow = 2;
+inline constexpr int kTurboNear = 26;
 
 // How one of the two streams (keys or values) is stored.
 struct StreamSpec {
@@ -83,6 +94,8 @@ struct SchemeSpec {
   uint64_t seed = 0x74757262'6f6b7631ull;  // "turbokv1"
   bool strict = false;
   int window = 0;  // the newest `window` tokens stay FP16 (encoded once older)
+  int near = 0;       // the `near` tokens after the window: codec records at near_bits
+  int near_bits = 0;  // 0: one more than each codec stream's bits, at most 8
   std::vector<int> fp16_layers;  // sorted, unique: layers never encoded
 
   bool is_dense() const {  // served by DenseKvCache
@@ -93,8 +106,11 @@ struct SchemeSpec {
   static double stream_bits(const StreamSpec& s, int head_dim);
   // The codec a codec stream uses at this head size.
   static codec::CodecSpec resolve_codec(const StreamSpec& s, int head_dim);
+  // A codec stream's near tier: the same stream at near_bits (an 8-bit
+  // stream's near tier is the stream itself).
+  StreamSpec near_stream(const StreamSpec& s) const;
   // Bits per element of a cache holding n_tokens (>= 1) after its first
-  // decode step, everything counted: records, the raw window, and the
+  // decode step, everything counted: records, the near tier, the raw window, and the
   // calibration state of each (layer, kv head) (key mean 16 bits and key
   // scale 8 bits a channel, value mean 16 bits). fp16layers are not counted
   // (they depend on the model's layer count).

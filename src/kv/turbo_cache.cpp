@@ -23,7 +23,11 @@ struct TurboKvCache::Stream {
   int head_dim = 0, n_kv_head = 0, max_tokens = 0;
   std::vector<uint8_t> records;              // (layer, kv_head, max_tokens, record_bytes)
   std::vector<fp16_t> dense;                 // kind == Fp16: (layer, kv_head, max_tokens, head_dim)
-  std::vector<std::vector<fp16_t>> staged;   // codec: (layer, kv_head) -> (pos - n_encoded, head_dim)
+  std::vector<std::vector<fp16_t>> staged;   // codec: (layer, kv_head) -> (pos - staged_base, head_dim)
+  // The near tier (SchemeSpec::near): the same codec at near_bits.
+  std::optional<codec::Codec> near_codec;
+  size_t near_record_bytes = 0;
+  std::vector<std::vector<uint8_t>> near;    // codec: (layer, kv_head) -> (pos - near_base, near_record_bytes)
 
   bool is_codec() const { return spec.kind == StreamKind::Codec; }
   bool rotated() const { return is_codec() && codec->uses_rotation(); }
@@ -41,6 +45,8 @@ struct TurboKvCache::Stream {
   }
   std::vector<fp16_t>& staged_of(int layer, int g) { return staged[size_t(layer) * n_kv_head + g]; }
   const std::vector<fp16_t>& staged_of(int layer, int g) const { return staged[size_t(layer) * n_kv_head + g]; }
+  std::vector<uint8_t>& near_of(int layer, int g) { return near[size_t(layer) * n_kv_head + g]; }
+  const std::vector<uint8_t>& near_of(int layer, int g) const { return near[size_t(layer) * n_kv_head + g]; }
 };
 
 // Per-thread buffers for attention, sized once.
@@ -108,6 +114,16 @@ TurboKvCache::TurboKvCache(const SchemeSpec& spec, const CacheShape& shape)
       st->record_bytes = st->codec->record_bytes();
       st->records.assign(heads * shape.max_tokens * st->record_bytes, uint8_t(0));
       st->staged.resize(heads);
+      if (spec.near > 0) {
+        const codec::CodecSpec ns = SchemeSpec::resolve_codec(spec.near_stream(s), hd);
+        if (const char* why = codec::spec_problem(ns, hd)) {
+          throw Error("KV scheme '" + spec.name + "' cannot serve head size " + std::to_string(hd) + ": " + what +
+                      " near tier at " + std::to_string(spec.near_bits) + " bits: " + why);
+        }
+        st->near_codec.emplace(ns, hd, mix_seed(spec.seed, what[0] == 'k' ? 1 : 2));
+        st->near_record_bytes = st->near_codec->record_bytes();
+        st->near.resize(heads);
+      }
     }
     return st;
   };
@@ -128,6 +144,8 @@ TurboKvCache::TurboKvCache(const SchemeSpec& spec, const CacheShape& shape)
   }
   n_encoded_.assign(size_t(nl), 0);
   staged_base_.assign(size_t(nl), 0);
+  n_far_.assign(size_t(nl), 0);
+  near_base_.assign(size_t(nl), 0);
 }
 
 TurboKvCache::~TurboKvCache() = default;
@@ -254,41 +272,85 @@ void TurboKvCache::calibrate(int layer) {
 }
 
 void TurboKvCache::encode_staged(int layer, ThreadPool& pool) {
+  if (!encoded_layer_[size_t(layer)]) return;
   const int hd = shape_.head_dim, nkv = shape_.n_kv_head;
+  const bool tiered = spec_.near > 0;
+  // The newest `window` tokens stay raw (FP16); everything before is
+  // encoded, into the near tier if there is one.
   const int first = n_encoded_[size_t(layer)];
-  // The newest `window` tokens stay raw (FP16); everything before is encoded.
   const int last = n_tokens_ + batch_n_ - spec_.window;  // exclusive
-  if (first >= last || !encoded_layer_[size_t(layer)]) return;
-  if (!calib_[size_t(layer)].done) calibrate(layer);
-  const Calib& c = calib_[size_t(layer)];
-  const int count = last - first;
-  const int base = staged_base_[size_t(layer)];  // position of staged row 0
-  const size_t items = size_t(nkv) * size_t(count);
-  parallel_checked(pool, items, 16, [&](size_t b, size_t e, int) {
-    float x[codec::kMaxDim], xr[codec::kMaxDim];
-    for (size_t it = b; it < e; ++it) {
-      const int g = int(it / size_t(count)), p = int(it % size_t(count));
-      const codec::Rotation& rot = rotations_[size_t(layer) * nkv + g];
+  if (first < last) {
+    if (!calib_[size_t(layer)].done) calibrate(layer);
+    const Calib& c = calib_[size_t(layer)];
+    const int count = last - first;
+    const int base = staged_base_[size_t(layer)];   // position of staged row 0
+    const int near_base = near_base_[size_t(layer)];  // position of near record 0
+    if (tiered) {
       for (Stream* st : {keys_.get(), values_.get()}) {
         if (!st->is_codec()) continue;
-        const fp16_t* src = st->staged_of(layer, g).data() + size_t(first - base + p) * hd;
-        const bool is_key = st == keys_.get();
-        const float* mean = (is_key ? c.key_mean : c.value_mean).data() + size_t(g) * hd;
-        const float* scale = is_key ? c.key_scale.data() + size_t(g) * hd : nullptr;
-        for (int i = 0; i < hd; ++i) {
-          const float centered = fp16_to_f32(src[i]) - mean[i];
-          x[i] = scale ? centered * scale[i] : centered;
+        for (int g = 0; g < nkv; ++g) st->near_of(layer, g).resize(size_t(last - near_base) * st->near_record_bytes);
+      }
+    }
+    const size_t items = size_t(nkv) * size_t(count);
+    parallel_checked(pool, items, 16, [&](size_t b, size_t e, int) {
+      float x[codec::kMaxDim], xr[codec::kMaxDim];
+      for (size_t it = b; it < e; ++it) {
+        const int g = int(it / size_t(count)), p = int(it % size_t(count));
+        const codec::Rotation& rot = rotations_[size_t(layer) * nkv + g];
+        for (Stream* st : {keys_.get(), values_.get()}) {
+          if (!st->is_codec()) continue;
+          const fp16_t* src = st->staged_of(layer, g).data() + size_t(first - base + p) * hd;
+          const bool is_key = st == keys_.get();
+          const float* mean = (is_key ? c.key_mean : c.value_mean).data() + size_t(g) * hd;
+          const float* scale = is_key ? c.key_scale.data() + size_t(g) * hd : nullptr;
+          for (int i = 0; i < hd; ++i) {
+            const float centered = fp16_to_f32(src[i]) - mean[i];
+            x[i] = scale ? centered * scale[i] : centered;
+          }
+          const float* enc_in = x;
+          if (st->rotated()) { rot.forward(x, xr); enc_in = xr; }
+          if (tiered) {
+            st->near_codec->encode_rotated(
+                enc_in, st->near_of(layer, g).data() + size_t(first - near_base + p) * st->near_record_bytes);
+          } else {
+            st->codec->encode_rotated(enc_in, st->record(layer, g, first + p));
+          }
         }
-        const float* enc_in = x;
-        if (st->rotated()) { rot.forward(x, xr); enc_in = xr; }
-        st->codec->encode_rotated(enc_in, st->record(layer, g, first + p));
+      }
+    });
+    // The raw rows stay until the next begin_batch(): with a window, earlier
+    // tokens of this batch still read some of the positions just encoded as raw.
+    n_encoded_[size_t(layer)] = last;
+    if (layer == 0) tokens_encoded_ += count;
+  }
+  if (!tiered) {
+    n_far_[size_t(layer)] = n_encoded_[size_t(layer)];
+    return;
+  }
+  // Positions older than the near tier: their near records re-encoded at the
+  // streams' bits, in rotated space (calibration and rotation are shared).
+  const int far_first = n_far_[size_t(layer)];
+  const int far_last = last - spec_.near;
+  if (far_first >= far_last) return;
+  const int far_count = far_last - far_first;
+  const int near_base = near_base_[size_t(layer)];
+  parallel_checked(pool, size_t(nkv) * size_t(far_count), 16, [&](size_t b, size_t e, int) {
+    float xr[codec::kMaxDim];
+    for (size_t it = b; it < e; ++it) {
+      const int g = int(it / size_t(far_count)), pos = far_first + int(it % size_t(far_count));
+      for (Stream* st : {keys_.get(), values_.get()}) {
+        if (!st->is_codec()) continue;
+        const uint8_t* near = st->near_of(layer, g).data() + size_t(pos - near_base) * st->near_record_bytes;
+        if (st->near_codec->spec() == st->codec->spec()) {  // an 8-bit stream: the record as it is
+          std::copy(near, near + st->record_bytes, st->record(layer, g, pos));
+        } else {
+          st->near_codec->decode_rotated(near, xr);
+          st->codec->encode_rotated(xr, st->record(layer, g, pos));
+        }
       }
     }
   });
-  // The raw rows stay until end_batch(): with a window, earlier tokens of
-  // this batch still read some of the positions just encoded as raw.
-  n_encoded_[size_t(layer)] = last;
-  if (layer == 0) tokens_encoded_ += count;
+  n_far_[size_t(layer)] = far_last;
 }
 
 // Batches of fewer tokens prepare queries and merge states on the calling
@@ -346,15 +408,18 @@ void TurboKvCache::attend(int layer, const float* q, float* out, float scale, Th
     const detail::AttendChunkFn kernel = detail::select_attend_chunk();  // instruction set, once per call
     const Stream& K = *keys_;
     const Stream& V = *values_;
-    auto source = [&](const Stream& st, int g) {
+    // Near jobs index the near records from near_base (FP16 rows likewise).
+    const int near_base = near_base_[size_t(layer)];
+    auto source = [&](const Stream& st, int g, bool near) {
       detail::StreamSource src;
       if (st.is_codec()) {
-        src.read = detail::fused_layout_supported(*st.codec) ? detail::StreamRead::Fused : detail::StreamRead::Codec;
-        src.codec = &*st.codec;
-        src.records = st.record(layer, g, 0);
+        const codec::Codec& cd = near ? *st.near_codec : *st.codec;
+        src.read = detail::fused_layout_supported(cd) ? detail::StreamRead::Fused : detail::StreamRead::Codec;
+        src.codec = &cd;
+        src.records = near ? st.near_of(layer, g).data() : st.record(layer, g, 0);
       } else {
         src.read = detail::StreamRead::Dense;
-        src.rows = st.dense_row(layer, g, 0);
+        src.rows = st.dense_row(layer, g, near ? near_base : 0);
       }
       return src;
     };
@@ -365,12 +430,12 @@ void TurboKvCache::attend(int layer, const float* q, float* out, float scale, Th
         const AttendJob& a = jobs_[i];
         const size_t h = size_t(a.t) * nh + size_t(a.g) * group + a.h0;  // first query head, (batch, n_head)
         detail::ChunkJob job;
-        job.keys = source(K, a.g);
-        job.values = source(V, a.g);
+        job.keys = source(K, a.g, a.near);
+        job.values = source(V, a.g, a.near);
         job.head_dim = hd;
         job.n_q = a.n_q;
-        job.begin = a.begin;
-        job.end = a.end;
+        job.begin = a.near ? a.begin - near_base : a.begin;
+        job.end = a.near ? a.end - near_base : a.end;
         job.q = K.is_codec() ? q_prep_.data() + h * hd : q + h * hd;  // FP16 keys: the raw query
         job.q_sketch = prod ? q_sketch_.data() + h * hd : nullptr;
         job.shift = K.is_codec() ? q_shift_.data() + h : nullptr;
@@ -440,9 +505,9 @@ void TurboKvCache::plan_jobs(int layer) {
   const size_t work_items = items * size_t(pieces);
   const size_t split_items = batch_n_ <= kMaxVerifyBatch ? size_t(nkv) * size_t(pieces) : work_items;
   const int max_chunks = int(std::max<size_t>(1, (kTargetJobs + split_items - 1) / split_items));
-  // Upper bound of this call's jobs and states, so that decoding stops
-  // allocating after its first step.
-  const size_t job_bound = work_items * size_t(max_chunks);
+  // Upper bound of this call's jobs and states (the chunks, and one job over
+  // the near tier), so that decoding stops allocating after its first step.
+  const size_t job_bound = work_items * size_t(max_chunks + 1);
   if (jobs_.capacity() < job_bound) jobs_.reserve(job_bound);
   const size_t state_bound = job_bound * size_t(std::min(group, detail::kMaxJobHeads)) * (size_t(hd) + 2);
   if (job_states_.size() < state_bound) job_states_.resize(state_bound);
@@ -450,15 +515,19 @@ void TurboKvCache::plan_jobs(int layer) {
   jobs_.clear();
   size_t offset = 0;
   for (int t = 0; t < batch_n_; ++t) {
-    const int n_enc = encoded_for(layer, t);
-    const int per = (n_enc + max_chunks - 1) / max_chunks;
+    const int n_enc = encoded_for(layer, t), n_far = far_for(layer, t);  // n_enc - n_far <= near
+    const int per = (n_far + max_chunks - 1) / max_chunks;
     const int len = std::max(kMinChunk, (per + 63) / 64 * 64);
     for (int g = 0; g < nkv; ++g) {
       item_jobs_[size_t(t) * nkv + g] = jobs_.size();
       for (int h0 = 0; h0 < group; h0 += detail::kMaxJobHeads) {
         const int n_q = std::min(detail::kMaxJobHeads, group - h0);
-        for (int b = 0; b < n_enc; b += len) {
-          jobs_.push_back(AttendJob{t, g, h0, n_q, b, std::min(b + len, n_enc), offset});
+        for (int b = 0; b < n_far; b += len) {
+          jobs_.push_back(AttendJob{t, g, h0, n_q, b, std::min(b + len, n_far), false, offset});
+          offset += size_t(n_q) * (size_t(hd) + 2);
+        }
+        if (n_enc > n_far) {
+          jobs_.push_back(AttendJob{t, g, h0, n_q, n_far, n_enc, true, offset});
           offset += size_t(n_q) * (size_t(hd) + 2);
         }
       }
@@ -471,6 +540,12 @@ void TurboKvCache::plan_jobs(int layer) {
 int TurboKvCache::encoded_for(int layer, int t) const {
   const int n_pos = n_tokens_ + t + 1;
   return std::min(n_encoded_[size_t(layer)], std::max(staged_base_[size_t(layer)], n_pos - spec_.window));
+}
+
+int TurboKvCache::far_for(int layer, int t) const {
+  if (spec_.near == 0) return encoded_for(layer, t);
+  const int n_pos = n_tokens_ + t + 1;
+  return std::min(n_far_[size_t(layer)], std::max(near_base_[size_t(layer)], n_pos - spec_.window - spec_.near));
 }
 
 void TurboKvCache::attend_item(int layer, int t, int g, const float* q, float* out, float scale,
@@ -568,21 +643,26 @@ void TurboKvCache::end_batch() {
 }
 
 void TurboKvCache::drop_encoded_raw_rows() {
-  const int hd = shape_.head_dim;
+  const size_t hd = size_t(shape_.head_dim);
+  // Erases the first `drop` rows of `rows` elements; releases a prompt-sized
+  // buffer but keeps a small one, so that decoding (one token at a time)
+  // does not allocate.
+  auto drop_front = [](auto& buf, int drop, size_t row, int keep_rows) {
+    buf.erase(buf.begin(), buf.begin() + ptrdiff_t(size_t(drop) * row));
+    if (buf.capacity() > size_t(64 + 2 * keep_rows) * row) buf.shrink_to_fit();
+  };
   for (int l = 0; l < shape_.n_layer; ++l) {
-    const int drop = n_encoded_[size_t(l)] - staged_base_[size_t(l)];
-    if (drop == 0) continue;
+    const int drop_raw = n_encoded_[size_t(l)] - staged_base_[size_t(l)];
+    const int drop_near = n_far_[size_t(l)] - near_base_[size_t(l)];
     for (Stream* st : {keys_.get(), values_.get()}) {
       if (!st->is_codec()) continue;
       for (int g = 0; g < shape_.n_kv_head; ++g) {
-        auto& staged = st->staged_of(l, g);
-        staged.erase(staged.begin(), staged.begin() + ptrdiff_t(drop) * hd);  // what remains: the window
-        // Release a prompt-sized staging buffer; keep a small one so that
-        // decoding (one token at a time) does not allocate.
-        if (staged.capacity() > size_t(64 + 2 * spec_.window) * hd) staged.shrink_to_fit();
+        if (drop_raw > 0) drop_front(st->staged_of(l, g), drop_raw, hd, spec_.window);  // what remains: the window
+        if (spec_.near > 0 && drop_near > 0) drop_front(st->near_of(l, g), drop_near, st->near_record_bytes, spec_.near);
       }
     }
     staged_base_[size_t(l)] = n_encoded_[size_t(l)];
+    near_base_[size_t(l)] = n_far_[size_t(l)];
   }
 }
 
@@ -596,18 +676,32 @@ void TurboKvCache::trim(int n) {
   for (int l = 0; l < shape_.n_layer; ++l) {
     int& enc = n_encoded_[size_t(l)];
     int& base = staged_base_[size_t(l)];
+    int& far = n_far_[size_t(l)];
+    int& near_base = near_base_[size_t(l)];
     // Records past `keep` are dead; nothing to move. Positions that the
     // last batch encoded still have their raw rows, so the newest `window`
     // kept positions go back to raw, as if the trimmed tokens had never
-    // come (a rejected speculative draft); older records stay records.
+    // come (a rejected speculative draft); older records stay records. The
+    // near tier likewise: positions the last batch re-encoded still have
+    // their near records.
     if (keep < base) {
       enc = base = keep;
     } else {
       enc = std::min(enc, std::max(base, keep - spec_.window));
     }
+    if (spec_.near == 0) {
+      far = near_base = enc;
+    } else if (keep < near_base) {
+      far = near_base = keep;
+    } else {
+      far = std::min(far, std::max(near_base, keep - spec_.window - spec_.near));
+    }
     for (Stream* st : {keys_.get(), values_.get()}) {
       if (!st->is_codec()) continue;
-      for (int g = 0; g < shape_.n_kv_head; ++g) st->staged_of(l, g).resize(size_t(keep - base) * hd);
+      for (int g = 0; g < shape_.n_kv_head; ++g) {
+        st->staged_of(l, g).resize(size_t(keep - base) * hd);
+        if (spec_.near > 0) st->near_of(l, g).resize(size_t(enc - near_base) * st->near_record_bytes);
+      }
     }
     if (keep == 0) calib_[size_t(l)] = Calib{};  // an emptied cache starts afresh
   }
@@ -630,7 +724,12 @@ bool TurboKvCache::read_stream(const Stream& st, int layer, int g, int pos, floa
     return false;
   }
   float xr[codec::kMaxDim];
-  st.codec->decode_rotated(st.record(layer, g, pos), xr);
+  if (pos >= n_far_[size_t(layer)]) {
+    st.near_codec->decode_rotated(
+        st.near_of(layer, g).data() + size_t(pos - near_base_[size_t(layer)]) * st.near_record_bytes, xr);
+  } else {
+    st.codec->decode_rotated(st.record(layer, g, pos), xr);
+  }
   if (st.rotated()) rotations_[size_t(layer) * shape_.n_kv_head + g].inverse(xr, out);
   else std::copy(xr, xr + hd, out);
   return true;
@@ -654,11 +753,14 @@ size_t TurboKvCache::bytes() const {
   const size_t hd = size_t(shape_.head_dim), nkv = size_t(shape_.n_kv_head);
   size_t total = 0;
   for (int l = 0; l < shape_.n_layer; ++l) {
-    const size_t enc = size_t(n_encoded_[size_t(l)]);
+    const size_t enc = size_t(n_encoded_[size_t(l)]), far = size_t(n_far_[size_t(l)]);
     const size_t raw = size_t(n_tokens_) - std::min(enc, size_t(n_tokens_));
     for (const Stream* st : {keys_.get(), values_.get()}) {
-      if (st->is_codec()) total += nkv * (enc * st->record_bytes + raw * hd * sizeof(fp16_t));
-      else total += nkv * size_t(n_tokens_) * hd * sizeof(fp16_t);
+      if (st->is_codec()) {
+        total += nkv * (far * st->record_bytes + (enc - far) * st->near_record_bytes + raw * hd * sizeof(fp16_t));
+      } else {
+        total += nkv * size_t(n_tokens_) * hd * sizeof(fp16_t);
+      }
     }
     // Calibration state stored beside the records (fp16): key mean and
     // scales, value mean.
@@ -696,6 +798,8 @@ void TurboKvCache::save(CacheWriter& out) const {
     const Calib& c = calib_[size_t(l)];
     out.put<int32_t>(n_encoded_[size_t(l)]);
     out.put<int32_t>(staged_base_[size_t(l)]);
+    out.put<int32_t>(n_far_[size_t(l)]);
+    out.put<int32_t>(near_base_[size_t(l)]);
     out.put<uint8_t>(c.done ? 1 : 0);
     out.put<int64_t>(c.q_count);
     out.put_vector(c.key_mean);
@@ -707,10 +811,17 @@ void TurboKvCache::save(CacheWriter& out) const {
   }
   for (const Stream* st : {keys_.get(), values_.get()}) {
     for (int l = 0; l < shape_.n_layer; ++l) {
-      const int enc = n_encoded_[size_t(l)];
+      const int enc = n_encoded_[size_t(l)], far = n_far_[size_t(l)];
       for (int g = 0; g < nkv; ++g) {
         if (st->is_codec()) {
-          out.put_array(st->record(l, g, 0), size_t(enc) * st->record_bytes);
+          out.put_array(st->record(l, g, 0), size_t(far) * st->record_bytes);
+          // The near records of [near_base, n_encoded).
+          if (spec_.near > 0) {
+            const auto& near = st->near_of(l, g);
+            TKV_ASSERT(near.size() == size_t(enc - near_base_[size_t(l)]) * st->near_record_bytes,
+                       "near tier out of step");
+            out.put_array(near.data(), near.size());
+          }
           // The raw rows of [staged_base, n_tokens): the state exactly, also
           // the rows the last batch encoded and keeps for a trim.
           const auto& staged = st->staged_of(l, g);
@@ -736,6 +847,7 @@ void TurboKvCache::restore(CacheReader& in) {
   }
   // Read everything into temporaries first: a bad state leaves the cache as it was.
   std::vector<int> n_encoded(static_cast<size_t>(nl)), staged_base(static_cast<size_t>(nl));
+  std::vector<int> n_far(static_cast<size_t>(nl)), near_base(static_cast<size_t>(nl));
   std::vector<Calib> calib(static_cast<size_t>(nl));
   for (int l = 0; l < nl; ++l) {
     const int32_t enc = in.get<int32_t>();
@@ -747,8 +859,15 @@ void TurboKvCache::restore(CacheReader& in) {
       in.fail("layer " + std::to_string(l) + " keeps raw rows from position " + std::to_string(base) + ", past its " +
               std::to_string(enc) + " encoded tokens");
     }
+    const int32_t far = in.get<int32_t>(), nbase = in.get<int32_t>();
+    if (!(0 <= nbase && nbase <= far && far <= enc && nbase <= base) || (spec_.near == 0 && (far != enc || nbase != base))) {
+      in.fail("layer " + std::to_string(l) + " has an inconsistent near tier (records before " + std::to_string(far) +
+              ", near records from " + std::to_string(nbase) + ", " + std::to_string(enc) + " encoded)");
+    }
     n_encoded[size_t(l)] = enc;
     staged_base[size_t(l)] = base;
+    n_far[size_t(l)] = far;
+    near_base[size_t(l)] = nbase;
     Calib& c = calib[size_t(l)];
     c.done = in.get<uint8_t>() != 0;
     c.q_count = in.get<int64_t>();
@@ -769,7 +888,8 @@ void TurboKvCache::restore(CacheReader& in) {
     if (enc > 0 && !c.done) in.fail("layer " + std::to_string(l) + " has encoded tokens but no calibration");
   }
   struct StreamState {
-    std::vector<uint8_t> records;             // (layer, kv_head, enc, record_bytes)
+    std::vector<uint8_t> records;             // (layer, kv_head, far, record_bytes)
+    std::vector<std::vector<uint8_t>> near;   // (layer, kv_head) -> near records
     std::vector<std::vector<fp16_t>> rows;    // (layer, kv_head) -> staged or dense rows
   };
   StreamState states[2];
@@ -777,14 +897,20 @@ void TurboKvCache::restore(CacheReader& in) {
   for (int s = 0; s < 2; ++s) {
     const Stream* st = streams[s];
     states[s].rows.resize(size_t(nl) * nkv);
+    states[s].near.resize(size_t(nl) * nkv);
     for (int l = 0; l < nl; ++l) {
-      const int enc = st->is_codec() ? n_encoded[size_t(l)] : 0;
+      const int far = st->is_codec() ? n_far[size_t(l)] : 0;
       const int base = st->is_codec() ? staged_base[size_t(l)] : 0;
       for (int g = 0; g < nkv; ++g) {
         if (st->is_codec()) {
           const size_t old = states[s].records.size();
-          states[s].records.resize(old + size_t(enc) * st->record_bytes);
-          in.get_array(states[s].records.data() + old, size_t(enc) * st->record_bytes);
+          states[s].records.resize(old + size_t(far) * st->record_bytes);
+          in.get_array(states[s].records.data() + old, size_t(far) * st->record_bytes);
+          if (spec_.near > 0) {
+            auto& near = states[s].near[size_t(l) * nkv + g];
+            near.resize(size_t(n_encoded[size_t(l)] - near_base[size_t(l)]) * st->near_record_bytes);
+            in.get_array(near.data(), near.size());
+          }
         }
         auto& rows = states[s].rows[size_t(l) * nkv + g];
         rows.resize(size_t(n - base) * hd);
@@ -802,11 +928,12 @@ void TurboKvCache::restore(CacheReader& in) {
       for (int g = 0; g < nkv; ++g) {
         auto& rows = states[s].rows[size_t(l) * nkv + g];
         if (st->is_codec()) {
-          const size_t nbytes = size_t(n_encoded[size_t(l)]) * st->record_bytes;
+          const size_t nbytes = size_t(n_far[size_t(l)]) * st->record_bytes;
           std::copy(states[s].records.begin() + std::ptrdiff_t(rec), states[s].records.begin() + std::ptrdiff_t(rec + nbytes),
                     st->record(l, g, 0));
           rec += nbytes;
           st->staged_of(l, g) = std::move(rows);
+          if (spec_.near > 0) st->near_of(l, g) = std::move(states[s].near[size_t(l) * nkv + g]);
         } else {
           std::copy(rows.begin(), rows.end(), st->dense_row(l, g, 0));
         }
@@ -815,6 +942,8 @@ void TurboKvCache::restore(CacheReader& in) {
   }
   staged_base_ = std::move(staged_base);
   n_encoded_ = std::move(n_encoded);
+  n_far_ = std::move(n_far);
+  near_base_ = std::move(near_base);
   calib_ = std::move(calib);
   n_tokens_ = n;
   tokens_encoded_ = encoded_total;

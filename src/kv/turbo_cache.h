@@ -8,6 +8,14 @@
 // staging is skipped: every token is encoded before any attention reads it,
 // prefill included (llama.cpp's quantized caches behave that way).
 //
+// Precision by age (scheme options window and near): a token t reads the
+// newest `window` positions raw, the `near` positions before them as
+// records of the near tier (the stream's codec at near_bits), and older
+// ones as records at the stream's bits. A position leaves the raw window
+// encoded into the near tier; it leaves the near tier re-encoded from its
+// near record (decoded in rotated space, encoded again), so what a
+// position holds depends only on its age, never on how tokens were batched.
+//
 // Attention in rotated space (per layer, kv head g, query head h of g's group):
 //   q' = q / s_g                      (per-channel key scales, folded into q)
 //   q_rot = R_g q'                    once per query
@@ -89,6 +97,9 @@ class TurboKvCache final : public KvCache {
   // Encoded positions token t of the batch reads as records; it reads the
   // rest, the newest `window` positions among them, raw.
   int encoded_for(int layer, int t) const;
+  // Of those, the positions it reads as records at the stream's bits; it
+  // reads [far_for, encoded_for) as near records.
+  int far_for(int layer, int t) const;
   void attend_item(int layer, int t, int kv_head, const float* q, float* out, float scale, Scratch& s) const;
   // Fused decode attention (attend() over encoded positions): queries are
   // prepared once per (token, kv head), the encoded range is split into jobs
@@ -101,6 +112,7 @@ class TurboKvCache final : public KvCache {
     int t = 0, g = 0;       // token of the batch, kv head
     int h0 = 0, n_q = 0;    // query heads [g * group + h0, + n_q)
     int begin = 0, end = 0; // encoded positions
+    bool near = false;      // reads the near tier
     size_t state = 0;       // offset in job_states_: (n_q) m, (n_q) d, (n_q, head_dim) o
   };
   std::vector<float> q_prep_;      // (batch, n_head, head_dim) q / s, rotated (codec keys)
@@ -125,6 +137,12 @@ class TurboKvCache final : public KvCache {
   // bytes() (transient, like attention scratch); save() writes them, so a
   // restored cache is exactly the saved one.
   std::vector<int> staged_base_;
+  // The near tier, per layer: positions [0, n_far) are records at the
+  // streams' bits, [n_far, n_encoded) near records. Near records are held
+  // from near_base <= n_far on: like raw rows, those of positions the last
+  // batch re-encoded stay until the next begin_batch(). Without a near tier
+  // n_far == n_encoded.
+  std::vector<int> n_far_, near_base_;
   void drop_encoded_raw_rows();
   int n_tokens_ = 0;
   int batch_n_ = -1;

@@ -25,8 +25,11 @@
 namespace turbokv::kv {
 namespace {
 
-const std::vector<std::string> kSchemes = {"fp16", "f32", "affine4", "turbo0v4", "turbo4", "turbo3", "turbo4v2",
-                                           "turbo4:strict"};
+// The near-tier variants move positions through all three tiers within these tests' 9-36 tokens.
+const std::vector<std::string> kSchemes = {"fp16",     "f32",           "affine4",
+                                           "turbo0v4", "turbo4",        "turbo3",
+                                           "turbo4v2", "turbo4:strict", "turbo3:near=5",
+                                           "turbo4:window=1:near=3:nearbits=8"};
 
 CacheShape test_shape(int max_tokens = 48) {
   CacheShape s;

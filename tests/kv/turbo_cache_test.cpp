@@ -115,7 +115,8 @@ TEST(Scheme, ParsesEveryListedName) {
 
 TEST(Scheme, BadNamesNameTheProblemAndListTheForms) {
   for (const char* bad : {"turbo3:fp16layers=", "turbo3:fp16layers=3-1", "turbo3:fp16layers=a", "turbo3:fp16layers=1+",
-                          "fp16:window=4", "f32:strict:center=0", "fp16/fp16:fp16layers=0"}) {
+                          "fp16:window=4", "f32:strict:center=0", "fp16/fp16:fp16layers=0", "turbo4:nearbits=3",
+                          "turbo3:near=-1", "turbo3:nearbits=9", "fp16:near=4"}) {
     EXPECT_THROW(parse_scheme(bad), Error) << bad;
   }
   for (const char* bad : {"turbo5", "turbo4v7", "turbo0v0", "q4_0", "", "turbo", "turbo4:frob=1",
@@ -147,7 +148,8 @@ TEST(TurboCache, DecodeEqualsExplicitDequantizeReference) {
   ThreadPool pool(2);
   for (int hd : {8, 64, 80, 96, 128, 256}) {
     for (const char* scheme : {"turbo4", "turbo3", "turbo2", "turbo0v4", "turbo4v2", "affine8",
-                               "prod4/group4", "turbo4:calib=key", "turbo4:center=0:calib=none:vcenter=1"}) {
+                               "prod4/group4", "turbo4:calib=key", "turbo4:center=0:calib=none:vcenter=1",
+                               "turbo3:near=5", "turbo4v2:window=1:near=4:nearbits=8", "turbo0v4:near=6"}) {
       SchemeSpec spec = parse_scheme(scheme);
       if (codec::spec_problem(spec.key.codec, hd) || codec::spec_problem(spec.value.codec, hd)) continue;
       const CacheShape s = shape_of(4, 2, hd, 48);
@@ -262,7 +264,7 @@ TEST(TurboCache, DecodeBatchEqualsSingleTokenSteps) {
   const CacheShape s = shape_of(8, 1, 64, depth + k + 1, 1);  // GQA 8: one job piece per token
   const Inputs in = make_inputs(s, depth + k, 4, true);
   const size_t row = size_t(s.n_head) * s.head_dim;
-  for (const char* scheme : {"turbo4", "turbo3", "turbo0v4", "turbo4:window=5"}) {
+  for (const char* scheme : {"turbo4", "turbo3", "turbo0v4", "turbo4:window=5", "turbo4:near=0", "turbo3:near=3"}) {
     TurboKvCache batched(parse_scheme(scheme), s), single(parse_scheme(scheme), s);
     for (TurboKvCache* c : {&batched, &single}) {
       step(*c, in, 0, depth - 1, Phase::Prefill, pool);
@@ -313,7 +315,8 @@ TEST(TurboCache, TrimThenAppendEqualsNeverAppending) {
   const CacheShape s = shape_of(4, 2, 64, 64);
   const Inputs in = make_inputs(s, 64, 6, true);
   Inputs alt = make_inputs(s, 64, 7, true);  // tokens that get rejected
-  for (const char* scheme : {"turbo4", "turbo0v4", "turbo3v2", "turbo4:window=0", "turbo4:window=9"}) {
+  for (const char* scheme : {"turbo4", "turbo0v4", "turbo3v2", "turbo4:window=0", "turbo4:window=9", "turbo3:near=5",
+                             "turbo3:window=0:near=2:nearbits=8", "turbo4:near=0"}) {
     TurboKvCache a(parse_scheme(scheme), s), b(parse_scheme(scheme), s);
     step(a, in, 0, 20, Phase::Prefill, pool);
     step(b, in, 0, 20, Phase::Prefill, pool);
@@ -325,9 +328,11 @@ TEST(TurboCache, TrimThenAppendEqualsNeverAppending) {
     step(a, draft, 21, 4, Phase::Decode, pool);
     a.trim(4);
     EXPECT_EQ(a.n_tokens(), 21);
-    // The window's positions, encoded while the draft was in, are raw again.
+    // The window's positions, encoded while the draft was in, are raw again
+    // (and the near tier's are near records again).
     EXPECT_EQ(a.n_encoded(0), 21 - a.spec().window);
     EXPECT_EQ(a.n_encoded(0), b.n_encoded(0));
+    EXPECT_EQ(a.bytes(), b.bytes()) << scheme;
     for (int t = 21; t < 30; ++t) {
       ASSERT_EQ(step(a, in, t, 1, Phase::Decode, pool), step(b, in, t, 1, Phase::Decode, pool)) << scheme << " t " << t;
     }
@@ -409,13 +414,50 @@ TEST(TurboCache, MemoryAccountingIsExact) {
   step(cal, in, 10, 1, Phase::Decode, pool);
   EXPECT_EQ(cal.bytes(), size_t(2 * 3 * 2 * 11 * 66 + 3 * 2 * 128 * (2 + 1)));
   // turbo4 at head size 128: keys and values in groups of 128 (66-byte
-  // records), the newest kTurboWindow tokens raw, the key mean and scales.
+  // records), the next kTurboNear tokens at 5 bits (82-byte records), the
+  // newest kTurboWindow tokens raw, the key mean and scales.
   TurboKvCache t4(parse_scheme("turbo4"), s);
   EXPECT_DOUBLE_EQ(t4.bits_per_element(), 4.125);
-  step(t4, in, 0, 10, Phase::Prefill, pool);
-  step(t4, in, 10, 1, Phase::Decode, pool);
-  const size_t encoded = 11 - kTurboWindow;
-  EXPECT_EQ(t4.bytes(), size_t(3 * 2 * (encoded * (66 + 66) + kTurboWindow * 2 * 128 * 2) + 3 * 2 * 128 * (2 + 1)));
+  step(t4, in, 0, 40, Phase::Prefill, pool);
+  step(t4, in, 40, 1, Phase::Decode, pool);
+  const size_t far = 41 - kTurboWindow - kTurboNear;
+  EXPECT_EQ(t4.bytes(), size_t(3 * 2 * (far * (66 + 66) + kTurboNear * (82 + 82) + kTurboWindow * 2 * 128 * 2) +
+                               3 * 2 * 128 * (2 + 1)));
+}
+
+// Precision by age: the near tier holds positions at its bits, older ones
+// are re-encoded at the stream's bits, and each position moves on as the
+// cache grows.
+TEST(TurboCache, NearTierHoldsRecentPositionsAtMoreBits) {
+  ThreadPool pool(1);
+  const CacheShape s = shape_of(4, 2, 128, 64, 1);
+  const Inputs in = make_inputs(s, 64, 14, true);
+  const int window = 2, near = 8;
+  TurboKvCache cache(parse_scheme("turbo3:window=2:near=8:nearbits=8"), s);
+  step(cache, in, 0, 30, Phase::Prefill, pool);
+  for (int t = 30; t < 40; ++t) {
+    step(cache, in, t, 1, Phase::Decode, pool);
+    const int n = t + 1;
+    EXPECT_EQ(cache.n_encoded(0), n - window);
+    // Relative error of each stored key against its input.
+    auto key_error = [&](int pos) {
+      std::vector<float> got(128);
+      cache.read_key(0, 1, pos, got.data());
+      const float* want = in.k.data() + (size_t(pos) * 2 + 1) * 128;
+      return rel_error(got, std::vector<float>(want, want + 128));
+    };
+    double far_sq = 0;
+    for (int p = 0; p < n - window - near; ++p) far_sq += key_error(p) * key_error(p);
+    const double far_rms = std::sqrt(far_sq / (n - window - near));  // 3 bits
+    EXPECT_GT(far_rms, 0.02);
+    // 8 bits: a 2^5 smaller step; FP16 rows: rounding only.
+    for (int p = n - window - near; p < n - window; ++p) EXPECT_LT(key_error(p), far_rms / 8) << "near, pos " << p;
+    for (int p = n - window; p < n; ++p) EXPECT_LT(key_error(p), far_rms / 50) << "raw, pos " << p;
+  }
+  // 3-bit records for the 30 oldest, 8-bit for the next 8, 2 raw rows.
+  const size_t rec3 = 3 * 128 / 8 + 2, rec8 = 128 + 2;
+  EXPECT_EQ(cache.bytes(), size_t(2 * 2 * (30 * rec3 + near * rec8 + window * 128 * 2) + 2 * 128 * (2 + 1)));
+  EXPECT_DOUBLE_EQ(cache.bits_per_element(), cache.spec().bits_at(128, 30 + 10));
 }
 
 // What `turbokv schemes` prints for a cache of n tokens is what a cache of
@@ -426,7 +468,8 @@ TEST(TurboCache, SchemeBitsAtNTokensMatchTheCache) {
     const CacheShape s = shape_of(4, 2, hd, 64, 2);
     const Inputs in = make_inputs(s, 40, 13, true);
     for (const char* scheme : {"turbo4", "turbo3", "turbo0v4", "turbo4v2", "turbo4:window=0:vcenter=1", "mse4/mse4",
-                               "turbo3:calib=none", "affine4"}) {
+                               "turbo3:calib=none", "affine4", "turbo8", "turbo3:near=5:nearbits=8",
+                               "turbo3:window=0:near=50"}) {
       TurboKvCache cache(parse_scheme(scheme), s);
       step(cache, in, 0, 39, Phase::Prefill, pool);
       step(cache, in, 39, 1, Phase::Decode, pool);

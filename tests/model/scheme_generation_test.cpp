@@ -158,7 +158,9 @@ TEST_F(RealModel, CompressedCachesFollowFp16Greedy) {
 // Issue 6's regression guard: the KL divergence from FP16 that the default
 // schemes reach on the shared model (strict mode, as llama.cpp measures its
 // caches), with a 1.5x margin over what was measured on these 2 chunks
-// (turbo0v4 0.00084, turbo4 0.00658, turbo3 0.0280, affine4 0.0432).
+// (turbo0v4 0.00055, turbo4 0.00387, turbo3 0.0134, affine4 0.0432). The
+// turbo3 and turbo4 bounds are also issue 6's targets on 40 chunks (0.0251,
+// and the stretch goal 0.0063).
 TEST_F(RealModel, DefaultSchemesKeepTheirQuality) {
   ThreadPool pool(2);
   std::ifstream in(shared("text/gutenberg_holdout.txt"), std::ios::binary);
@@ -182,9 +184,9 @@ TEST_F(RealModel, DefaultSchemesKeepTheirQuality) {
   };
   std::printf("measured KLD: turbo0v4 %.6f turbo4 %.6f turbo3 %.6f affine4 %.6f\n", kld("turbo0v4"),
               kld("turbo4"), kld("turbo3"), kld("affine4"));
-  EXPECT_LT(kld("turbo0v4"), 0.0013);
-  EXPECT_LT(kld("turbo4"), 0.0099);
-  EXPECT_LT(kld("turbo3"), 0.042);
+  EXPECT_LT(kld("turbo0v4"), 0.00082);
+  EXPECT_LT(kld("turbo4"), 0.0058);
+  EXPECT_LT(kld("turbo3"), 0.0201);
   // turbo4 beats MLX-style affine4 at fewer bits.
   EXPECT_LT(kld("turbo4"), kld("affine4"));
   for (const auto& x : r.results) {
