@@ -34,13 +34,13 @@ void with_bits(int bits, F&& f) {
 
 // Quantizes n values x[i] * scale against sorted boundaries t: idx[i] = the
 // number of boundaries strictly below x[i] * scale -- the same answer as
-// quantize_reference, bit for bit. For B <= 4 (at most 15 boundaries) the
+// quantize_reference, bit for bit. For B <= 5 (at most 31 boundaries) the
 // count is done boundary by boundary across all elements, which vectorizes
 // and has no branches; wider codebooks use a branchless binary search
 // (B comparisons per element).
 template <int B>
 inline void quantize_n(const float* t, const float* x, float scale, int n, uint8_t* idx) {
-  if constexpr (B <= 4) {
+  if constexpr (B <= 5) {
     float u[kMaxDim];
     int32_t count[kMaxDim];
     for (int i = 0; i < n; ++i) { u[i] = x[i] * scale; count[i] = 0; }

@@ -498,24 +498,50 @@ inline void FillTable(const codec::Codec& codec, float* table) {
   std::copy(c.begin(), c.end(), table);
 }
 
-// Raw dots against FP16 rows or through the codec's scalar reference.
-//   q: (n_q, hd) natural order   dots: (n_q, kBlock)
+// One position's row as floats: an FP16 row converted, or a record decoded
+// through the codec (natural order, the stream's space).   row: (hd)
+inline void RowAt(const StreamSource& src, int hd, int p, float* row) {
+  if (src.read == StreamRead::Dense) {
+    const hn::ScalableTag<float> df;
+    const hn::Rebind<hwy::float16_t, decltype(df)> dh;
+    const auto* h = reinterpret_cast<const hwy::float16_t*>(src.rows + size_t(p) * hd);
+    const int N = int(hn::Lanes(df));
+    int i = 0;
+    for (; i + N <= hd; i += N) hn::StoreU(hn::PromoteTo(df, hn::LoadU(dh, h + i)), df, row + i);
+    for (; i < hd; ++i) row[i] = fp16_to_f32(src.rows[size_t(p) * hd + i]);
+  } else {
+    src.codec->decode_rotated(src.records + size_t(p) * src.codec->record_bytes(), row);
+  }
+}
+
+inline float DotF32(const float* a, const float* b, int n) {
+  const hn::ScalableTag<float> df;
+  const int N = int(hn::Lanes(df));
+  auto acc = hn::Zero(df);
+  int i = 0;
+  for (; i + N <= n; i += N) acc = hn::MulAdd(hn::LoadU(df, a + i), hn::LoadU(df, b + i), acc);
+  float sum = hn::GetLane(hn::SumOfLanes(df, acc));
+  for (; i < n; ++i) sum += a[i] * b[i];
+  return sum;
+}
+
+// Dots against FP16 rows or records the fused readers do not take: each row
+// is expanded once and dotted with every head (prod keys go through the
+// codec's dot_rotated, which needs the query sketch).
+//   q: (n_q, hd) natural order   dots: (n_q, kBlock)   tmp: (hd)
 inline void ScoreScalar(const StreamSource& src, int hd, int n_q, int p0, int nb, const float* q,
-                        const float* q_sketch, float* dots) {
+                        const float* q_sketch, float* dots, float* tmp) {
   for (int r = 0; r < nb; ++r) {
     const int p = p0 + r;
-    for (int j = 0; j < n_q; ++j) {
-      const float* qj = q + size_t(j) * hd;
-      float dot = 0.0f;
-      if (src.read == StreamRead::Dense) {
-        const fp16_t* row = src.rows + size_t(p) * hd;
-        for (int i = 0; i < hd; ++i) dot += qj[i] * fp16_to_f32(row[i]);
-      } else {
-        dot = src.codec->dot_rotated(qj, q_sketch ? q_sketch + size_t(j) * hd : nullptr,
-                                     src.records + size_t(p) * src.codec->record_bytes());
+    if (q_sketch) {
+      for (int j = 0; j < n_q; ++j) {
+        dots[j * kBlock + r] = src.codec->dot_rotated(q + size_t(j) * hd, q_sketch + size_t(j) * hd,
+                                                      src.records + size_t(p) * src.codec->record_bytes());
       }
-      dots[j * kBlock + r] = dot;
+      continue;
     }
+    RowAt(src, hd, p, tmp);
+    for (int j = 0; j < n_q; ++j) dots[j * kBlock + r] = DotF32(q + size_t(j) * hd, tmp, hd);
   }
 }
 
@@ -523,13 +549,7 @@ inline void ScoreScalar(const StreamSource& src, int hd, int n_q, int p0, int nb
 inline void AccumulateScalar(const StreamSource& src, int hd, int n_q, int p0, int nb, const float* w, float* o,
                              float* tmp) {
   for (int r = 0; r < nb; ++r) {
-    const int p = p0 + r;
-    if (src.read == StreamRead::Dense) {
-      const fp16_t* row = src.rows + size_t(p) * hd;
-      for (int i = 0; i < hd; ++i) tmp[i] = fp16_to_f32(row[i]);
-    } else {
-      src.codec->decode_rotated(src.records + size_t(p) * src.codec->record_bytes(), tmp);
-    }
+    RowAt(src, hd, p0 + r, tmp);
     for (int j = 0; j < n_q; ++j) {
       const float wj = w[j * kBlock + r];
       float* oj = o + size_t(j) * hd;
@@ -583,7 +603,7 @@ void AttendChunkT(const ChunkJob& job, float* work) {
         j0 += 1 << piece;
       }
     } else {
-      ScoreScalar(job.keys, hd, nq, p0, nb, job.q, job.q_sketch, sc);
+      ScoreScalar(job.keys, hd, nq, p0, nb, job.q, job.q_sketch, sc, tmp);
     }
     // Online softmax: scale, raise the max, weights w = exp(s - m).
     for (int j = 0; j < nq; ++j) {
