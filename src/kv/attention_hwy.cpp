@@ -7,6 +7,7 @@
 #define HWY_TARGET_INCLUDE "kv/attention_hwy.cpp"
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
 #include "hwy/highway.h"
+#include "hwy/contrib/math/math-inl.h"
 
 #include <algorithm>
 #include <cmath>
@@ -36,10 +37,10 @@ HWY_INLINE hn::Vec<DF> LoadRow(DF df, const fp16_t* p) {
 // kScoreBlock positions together, so the block's keys and values are read
 // from memory once and from L1 for the other heads. Per head and block:
 // scores four rows at a time (four independent dot products, then their lane
-// sums), one online-softmax update, then the weighted values added one output
-// vector at a time with the vector held in a register across the block.
-// Every score and every output element sees its terms in position order, as
-// the reference does, whatever n_q is.
+// sums), one online-softmax update (vectorized exp), then the weighted values
+// added one output vector at a time with the vector held in a register across
+// the block. Every score and every output element sees its terms in position
+// order, as the reference does, whatever n_q is.
 template <class DF, typename T>
 bool AttendGroupD(DF df, const float* HWY_RESTRICT q, int n_q, const T* HWY_RESTRICT keys,
                   const T* HWY_RESTRICT values, int n_pos, int head_dim, float scale, float* HWY_RESTRICT out) {
@@ -81,13 +82,26 @@ bool AttendGroupD(DF df, const float* HWY_RESTRICT q, int n_q, const T* HWY_REST
         for (int i = 0; i < head_dim; i += N) acc = hn::MulAdd(hn::LoadU(df, qh + i), LoadRow(df, k + i), acc);
         scores[j] = scale * hn::GetLane(hn::SumOfLanes(df, acc));
       }
-      float block_max = -INFINITY;
-      for (int t = 0; t < nb; ++t) block_max = std::max(block_max, scores[t]);
+      // Block max, then the weights exp(s - m) and their sum, N at a time.
+      int t = 0;
+      auto vmax = hn::Set(df, -INFINITY);
+      for (; t + N <= nb; t += N) vmax = hn::Max(vmax, hn::LoadU(df, scores + t));
+      float block_max = hn::GetLane(hn::MaxOfLanes(df, vmax));
+      for (; t < nb; ++t) block_max = std::max(block_max, scores[t]);
       const float m = state.rescale_for(block_max);
-      for (int t = 0; t < nb; ++t) {
-        scores[t] = std::exp(scores[t] - m);  // now the weight
-        state.d += scores[t];
+      const auto vm = hn::Set(df, m);
+      auto vsum = hn::Zero(df);
+      for (t = 0; t + N <= nb; t += N) {
+        const auto w = hn::Exp(df, hn::Sub(hn::LoadU(df, scores + t), vm));
+        hn::StoreU(w, df, scores + t);  // now the weights
+        vsum = hn::Add(vsum, w);
       }
+      float sum = hn::GetLane(hn::SumOfLanes(df, vsum));
+      for (; t < nb; ++t) {
+        scores[t] = std::exp(scores[t] - m);
+        sum += scores[t];
+      }
+      state.d += sum;
       for (int i = 0; i < head_dim; i += N) {
         auto acc = hn::LoadU(df, oh + i);
         for (int t = 0; t < nb; ++t) {
