@@ -6,6 +6,7 @@
 #include <string>
 
 #include "codec/bitpack.h"
+#include "codec/index_search.h"
 #include "util/error.h"
 #include "util/fp16.h"
 #include "util/rng.h"
@@ -35,20 +36,13 @@ void with_bits(int bits, F&& f) {
 // Quantizes n values x[i] * scale against sorted boundaries t: idx[i] = the
 // number of boundaries strictly below x[i] * scale -- the same answer as
 // quantize_reference, bit for bit. For B <= 5 (at most 31 boundaries) the
-// count is done boundary by boundary across all elements, which vectorizes
-// and has no branches; wider codebooks use a branchless binary search
-// (B comparisons per element).
+// count is done boundary by boundary across a SIMD vector of elements
+// (index_search.h); wider codebooks use a branchless binary search (B
+// comparisons per element).
 template <int B>
 inline void quantize_n(const float* t, const float* x, float scale, int n, uint8_t* idx) {
   if constexpr (B <= 5) {
-    float u[kMaxDim];
-    int32_t count[kMaxDim];
-    for (int i = 0; i < n; ++i) { u[i] = x[i] * scale; count[i] = 0; }
-    for (int j = 0; j < (1 << B) - 1; ++j) {
-      const float tj = t[j];
-      for (int i = 0; i < n; ++i) count[i] += (tj < u[i]) ? 1 : 0;
-    }
-    for (int i = 0; i < n; ++i) idx[i] = uint8_t(count[i]);
+    detail::count_below(t, (1 << B) - 1, x, scale, n, idx);
   } else {
     for (int i = 0; i < n; ++i) {
       const float u = x[i] * scale;
