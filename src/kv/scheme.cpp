@@ -268,8 +268,11 @@ SchemeSpec parse_scheme(std::string_view name) {
     if (kb == 0 && vb == 0) bad(name, "turbo0v0 is fp16; say fp16");
     spec.key = kb == 0 ? parse_element(name, "fp16") : parse_element(name, "turbo" + std::to_string(kb));
     spec.value = vb == 0 ? parse_element(name, "fp16") : parse_element(name, "turbo" + std::to_string(vb));
-    spec.window = kTurboWindow;
-    spec.near = kTurboNear;
+    // A stream at 8 bits has no more bits for a near tier: where no stream
+    // has, the same budget goes to a wider FP16 window.
+    const bool near_room = (kb != 0 && kb < 8) || (vb != 0 && vb < 8);
+    spec.window = near_room ? kTurboWindow : kTurboWindowAlone;
+    spec.near = near_room ? kTurboNear : 0;
   } else {
     spec.key = spec.value = parse_element(name, base);
   }

@@ -13,7 +13,8 @@
 //            turbo4 stays within 4.25 bits), groups of 16 under FP16 keys
 //            (turbo0v<B>, the seed's design); scale search, matched norm
 //   window   precision by age: the newest kTurboWindow tokens stay FP16 and
-//            the kTurboNear before them are held at one more bit. Attention
+//            the kTurboNear before them are held at one more bit (turbo8:
+//            the newest kTurboWindowAlone FP16, no near tier). Attention
 //            puts much of its weight on the last few dozen tokens, so their
 //            errors dominate the loss: at 512 tokens, for the bits a 4-token
 //            FP16 window costs (0.1 bits/element; 0.006 at 8K), this halves
@@ -63,9 +64,11 @@ enum class StreamKind : uint8_t { F32 = 0, Fp16 = 1, Codec = 2 };
 
 // The FP16 window and the near tier of the named turbo schemes (`window=N`
 // and `near=N` override them): 2 FP16 tokens and 26 at one more bit cost
-// what 4 FP16 tokens cost at 3 bits.
+// what 4 FP16 tokens cost at 3 bits. turbo8, whose streams have no more
+// bits to give, keeps the 4-token FP16 window alone.
 inline constexpr int kTurboWindow = 2;
 inline constexpr int kTurboNear = 26;
+inline constexpr int kTurboWindowAlone = 4;
 
 // How one of the two streams (keys or values) is stored.
 struct StreamSpec {
