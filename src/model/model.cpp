@@ -4,6 +4,7 @@
 #include <cmath>
 #include <string>
 
+#include "ops/activation.h"
 #include "util/error.h"
 
 namespace turbokv::model {
@@ -256,10 +257,7 @@ void Model::forward_batch(const int32_t* tokens, int n, kv::KvCache& cache, Phas
     for (int i = 0; i < n; ++i) rms_norm(x + size_t(i) * d, L.ffn_norm.data(), d, c.norm_eps, xn + size_t(i) * d);
     const ops::Product gate_up[] = {{L.w_gate, gate}, {L.w_up, up}};
     ops::matmul(gate_up, xn, n, pool);
-    for (size_t i = 0; i < size_t(n) * ff; ++i) {
-      const float g = gate[i];
-      gate[i] = g / (1.0f + std::exp(-g)) * up[i];  // SwiGLU: silu(gate) * up
-    }
+    ops::swiglu(gate, up, size_t(n) * ff, pool);
     mul(L.w_down, gate, n, proj, pool);
     for (size_t i = 0; i < size_t(n) * d; ++i) x[i] += proj[i];
   }
