@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <iterator>
 #include <string>
 
 #include "codec/bitpack.h"
@@ -63,38 +64,57 @@ constexpr float kSearchFactors[] = {0.8f, 0.87f, 0.93f, 1.0f, 1.07f, 1.15f, 1.25
 
 // Indices of x[0, n) * multiplier, optionally the best of the search factors
 // by least-squares residual; returns <x, c> and ||c||^2 of the chosen indices.
+// The search quantizes at every factor first and then accumulates the
+// factors' sums in one pass: each sum still adds its terms in element order
+// (the records do not change), but the factors' chains run side by side
+// instead of one latency-bound chain after another.
 template <int B>
 void quantize_best(const float* t, const float* c, const float* x, float multiplier, int n, bool search,
                    uint8_t* idx, float& xc, float& cc) {
-  auto stats = [&](const uint8_t* id, float& dot, float& norm2) {
-    dot = 0;
-    norm2 = 0;
+  if (!search) {
+    quantize_n<B>(t, x, multiplier, n, idx);
+    xc = 0;
+    cc = 0;
     for (int i = 0; i < n; ++i) {
-      dot += x[i] * c[id[i]];
-      norm2 += c[id[i]] * c[id[i]];
+      xc += x[i] * c[idx[i]];
+      cc += c[idx[i]] * c[idx[i]];
     }
-  };
-  quantize_n<B>(t, x, multiplier, n, idx);
-  stats(idx, xc, cc);
-  if (!search) return;
+    return;
+  }
+  constexpr int kF = int(std::size(kSearchFactors));
+  uint8_t trial[kF][kMaxDim];  // (factor, element) indices
+  for (int f = 0; f < kF; ++f) {
+    quantize_n<B>(t, x, kSearchFactors[f] == 1.0f ? multiplier : multiplier * kSearchFactors[f], n, trial[f]);
+  }
+  float dot[kF] = {}, norm2[kF] = {};
   float xx = 0;
-  for (int i = 0; i < n; ++i) xx += x[i] * x[i];
-  // Residual of the least-squares fit: ||x||^2 - <x, c>^2 / ||c||^2.
-  float best = cc > 0 ? xx - xc * xc / cc : xx;
-  uint8_t trial[kMaxDim];
-  for (float f : kSearchFactors) {
-    if (f == 1.0f) continue;
-    float d, nn;
-    quantize_n<B>(t, x, multiplier * f, n, trial);
-    stats(trial, d, nn);
-    const float r = nn > 0 ? xx - d * d / nn : xx;
-    if (r < best) {
-      best = r;
-      xc = d;
-      cc = nn;
-      std::memcpy(idx, trial, size_t(n));
+  for (int i = 0; i < n; ++i) {
+    xx += x[i] * x[i];
+    for (int f = 0; f < kF; ++f) {
+      const float cf = c[trial[f][i]];
+      dot[f] += x[i] * cf;
+      norm2[f] += cf * cf;
     }
   }
+  // The default placement first, then the others in order; the first of
+  // equal residuals wins. Residual of the least-squares fit:
+  // ||x||^2 - <x, c>^2 / ||c||^2.
+  auto residual = [&](int f) { return norm2[f] > 0 ? xx - dot[f] * dot[f] / norm2[f] : xx; };
+  int best = 0;
+  while (kSearchFactors[best] != 1.0f) ++best;
+  float best_r = residual(best);
+  const int base = best;
+  for (int f = 0; f < kF; ++f) {
+    if (f == base) continue;
+    const float r = residual(f);
+    if (r < best_r) {
+      best_r = r;
+      best = f;
+    }
+  }
+  xc = dot[best];
+  cc = norm2[best];
+  std::memcpy(idx, trial[best], size_t(n));
 }
 
 // The stored scale for indices with <x, c> = xc, ||c||^2 = cc, ||x||^2 = xx.
