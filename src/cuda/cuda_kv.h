@@ -17,13 +17,14 @@
 // 16 positions as rows and the group's heads as the 8 columns: S^T = K Q^T,
 // O^T += V^T P^T), each warp keeping an online-softmax state {m, d, o} over
 // its 16-position tiles; the CTA merges its warps and writes one partial
-// state per split; a second kernel merges the splits exactly
-// (kv/online_softmax.h) and normalizes. Keys and values are expanded from
-// their packed indices straight into the mma operand registers (one lookup
-// in a shared-memory table of centroid pairs per two elements, times the
-// record's fp16 group scale): no float copy of a key or value is written
-// anywhere. Operands are fp16 (the query, expanded keys and values, softmax
-// weights), accumulation is fp32.
+// state per split; the splits are merged exactly (kv/online_softmax.h) and
+// normalized by the last CTA of each (sequence, kv head) to finish (record
+// kernels with 2-4 splits) or by a second kernel. Keys and values are
+// expanded from their packed indices straight into the mma operand
+// registers (one lookup in a shared-memory table of centroid pairs per two
+// elements, times the record's fp16 group scale): no float copy of a key or
+// value is written anywhere. Operands are fp16 (the query, expanded keys
+// and values, softmax weights), accumulation is fp32.
 //
 // Supported: mse and group records at 2, 3 and 4 bits (any group size the
 // codec allows), fp16 rows, head_dim 64 and 128, 1..8 query heads per kv head.
@@ -208,7 +209,8 @@ class DecodeAttention {
   int head_dim_, n_kv_head_, group_;
   size_t k_row_, v_row_;
   int sm_count_ = 0;
-  DeviceBuffer workspace_;
+  DeviceBuffer workspace_;     // partial states of the splits
+  DeviceBuffer splits_done_;  // (n_seq, n_kv_head) uint32 counters, zero between runs
   struct Params;
   std::unique_ptr<Params> params_;
 };

@@ -12,8 +12,9 @@
 // The GQA group's heads (<= 8) are the mma's n dimension. Per tile:
 //   S^T (16 positions x 8 heads) = K Q^T    A = keys expanded from the tile,
 //       B = query fragments (registers, loaded once);
-//   online softmax per head (column) in base 2, reduced across the 8 lanes
-//       of a column with shuffles;
+//   online softmax per head (column) in base 2; the maximum is reduced
+//       across the 8 lanes of a column with shuffles only when a vote
+//       finds a score above the running maximum;
 //   P^T's B fragments from S^T's accumulators by movmatrix (an 8x8
 //       transpose in registers);
 //   O^T (head_dim x 8 heads) += V^T P^T     A = values expanded likewise.
@@ -64,7 +65,32 @@ struct KernelArgs {
   float* ws_m;                       // (n_seq, n_head, n_split) running max, base 2
   float* ws_d;                       // (n_seq, n_head, n_split)
   float* ws_o;                       // (n_seq, n_head, n_split, head_dim) unnormalized
+  uint32_t* splits_done;             // (n_seq, n_kv) CTAs finished; zero between runs (the last resets it)
+  float* out;                        // (n_seq, n_head, head_dim); null: merge_kernel merges
 };
+
+// Folds the n_split partial states of query head bh (flattened:
+// seq * n_head + head) in split order (kv/online_softmax.h merge, base 2)
+// and normalizes element e; an empty sequence gives zeros. The states are
+// read past L1 (ld.global.cg): in the fused merge they were written by
+// other CTAs of the same launch.
+__device__ __forceinline__ float merge_element(const float* ws_m, const float* ws_d, const float* ws_o, size_t bh,
+                                               int n_split, int hd, int e) {
+  auto load = [](const float* p) { return __ldcg(p); };
+  float M = -INFINITY;
+  for (int s = 0; s < n_split; ++s) M = fmaxf(M, load(ws_m + bh * n_split + s));
+  float D = 0.0f, acc = 0.0f;
+  if (M != -INFINITY) {
+    for (int s = 0; s < n_split; ++s) {
+      const float d = load(ws_d + bh * n_split + s);
+      if (d == 0.0f) continue;
+      const float f = exp2f(load(ws_m + bh * n_split + s) - M);
+      D += d * f;
+      acc += load(ws_o + (bh * n_split + s) * hd + e) * f;
+    }
+  }
+  return D > 0.0f ? acc / D : 0.0f;
+}
 
 // ---- PTX wrappers -----------------------------------------------------------------------
 
@@ -380,6 +406,18 @@ template <class KL, class VL>
 constexpr int kStages = kAnyFp16<KL, VL> ? 2 : 3;
 template <class KL, class VL>
 constexpr int kWarpsOf = kAnyFp16<KL, VL> ? 4 : 16;
+// Record kernels (one CTA of 16 warps per SM, one wave) can merge the
+// splits in the last CTA of each (sequence, kv head) instead of a second
+// launch (merge_kernel); run() asks for it (KernelArgs::out) where that
+// measured faster on an H200: 2 to kMaxFusedSplits splits (batch 8, 32K,
+// head_dim 128, medians of one call: turbo4 109.5 -> 107.7 us, turbo3
+// 110.1 -> 107.1 us). With 16 splits and 8 heads a kv head the one CTA's
+// merge looked slower (batch 1, head_dim 128, GQA 8: +4 to +14% against
+// another call), with one split no faster. FP16 kernels (4 warps, several
+// waves) always use merge_kernel (fused, same call: 275.3 us against 270.2).
+template <class KL, class VL>
+constexpr bool kFusedMerge = !kAnyFp16<KL, VL>;
+constexpr int kMaxFusedSplits = 4;
 
 // Fills one codebook's columns (key: column 0, value: column 32 words) of
 // the pair table from 16 fp16 centroids (cooperatively, whole CTA).
@@ -404,6 +442,7 @@ __device__ __forceinline__ uint32_t transpose8x8(uint32_t x) {
 // mma's n dimension:
 //   S^T (16 positions x 8 heads) = K Q^T     A = keys, B = query (registers)
 //   online softmax per head (column), shuffles across the 8 lanes of a column
+//       only when some score exceeds the running maximum
 //   P^T's fragments by movmatrix (an 8x8 transpose in registers)
 //   O^T (head_dim x 8 heads) += V^T P^T      A = values, B = P^T
 
@@ -453,6 +492,7 @@ __global__ void __launch_bounds__(32 * kWarpsOf<KL, VL>, kAnyFp16<KL, VL> ? 2 : 
   __syncthreads();
 
   float mA = -INFINITY, mB = -INFINITY, dA = 0.0f, dB = 0.0f;
+  float baseA = 0.0f, baseB = 0.0f;  // the weights' reference: mA, mB, or 0 while they are -inf
   float o[MT][4];  // O^T: rows g, g + 8 of each m-tile; columns hA, hB
 #pragma unroll
   for (int t = 0; t < MT; ++t) o[t][0] = o[t][1] = o[t][2] = o[t][3] = 0.0f;
@@ -544,17 +584,21 @@ __global__ void __launch_bounds__(32 * kWarpsOf<KL, VL>, kAnyFp16<KL, VL> ? 2 : 
       }
     }
     float mxA = fmaxf(s[0], s[2]), mxB = fmaxf(s[1], s[3]);
+    // A head's (column's) running maximum changes only where one of the
+    // column's 8 lanes holds a larger score. A vote finds out; only then do
+    // the shuffles reduce the tile's maximum over the column and d and o get
+    // rescaled (rare after the first tiles). Otherwise the maximum stays, so
+    // the weights are the same as with a reduction every tile, and the
+    // reduction's dependent shuffles leave the common path.
+    if (__any_sync(0xffffffffu, mxA > mA || mxB > mB)) {
 #pragma unroll
-    for (int off = 4; off < 32; off <<= 1) {
-      mxA = fmaxf(mxA, __shfl_xor_sync(0xffffffffu, mxA, off));
-      mxB = fmaxf(mxB, __shfl_xor_sync(0xffffffffu, mxB, off));
-    }
-    const float nA = fmaxf(mA, mxA), nB = fmaxf(mB, mxB);
-    const float baseA = nA == -INFINITY ? 0.0f : nA, baseB = nB == -INFINITY ? 0.0f : nB;
-    // The output is rescaled only when some head's maximum grew (rare after
-    // the first tiles).
-    if (__any_sync(0xffffffffu, nA > mA || nB > mB)) {
-      const float cA = exp2f(mA - baseA), cB = exp2f(mB - baseB);
+      for (int off = 4; off < 32; off <<= 1) {
+        mxA = fmaxf(mxA, __shfl_xor_sync(0xffffffffu, mxA, off));
+        mxB = fmaxf(mxB, __shfl_xor_sync(0xffffffffu, mxB, off));
+      }
+      const float nA = fmaxf(mA, mxA), nB = fmaxf(mB, mxB);
+      const float bA = nA == -INFINITY ? 0.0f : nA, bB = nB == -INFINITY ? 0.0f : nB;
+      const float cA = exp2f(mA - bA), cB = exp2f(mB - bB);
       dA *= cA;
       dB *= cB;
 #pragma unroll
@@ -564,9 +608,11 @@ __global__ void __launch_bounds__(32 * kWarpsOf<KL, VL>, kAnyFp16<KL, VL> ? 2 : 
         o[t][2] *= cA;
         o[t][3] *= cB;
       }
+      mA = nA;
+      mB = nB;
+      baseA = bA;
+      baseB = bB;
     }
-    mA = nA;
-    mB = nB;
     s[0] = exp2f(s[0] - baseA);
     s[1] = exp2f(s[1] - baseB);
     s[2] = exp2f(s[2] - baseA);
@@ -663,6 +709,28 @@ __global__ void __launch_bounds__(32 * kWarpsOf<KL, VL>, kAnyFp16<KL, VL> ? 2 : 
     const int head = i / HD, t = (i % HD) / 16, row = i % 16;
     a.ws_o[(state0 + size_t(head) * a.n_split) * HD + VR::out_element(t, row)] = acc_o[head * kAccPitch + i % HD];
   }
+  if constexpr (kFusedMerge<KL, VL>) {
+    if (a.out == nullptr) return;
+    // ---- the last CTA of (sequence, kv head) to finish merges the splits ----
+    // (threadFenceReduction pattern: publish the state, count, and the CTA
+    // that counts last sees every split's state.) This replaces a second
+    // kernel launch.
+    __shared__ bool last;
+    __threadfence();
+    __syncthreads();
+    if (tid == 0) {
+      uint32_t* done = a.splits_done + size_t(seq) * a.n_kv + kv;
+      last = atomicAdd(done, 1u) == uint32_t(a.n_split - 1);
+      if (last) *done = 0;  // ready for the next run (no other CTA of this launch touches it again)
+    }
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    for (int i = tid; i < a.group * HD; i += kThreads) {
+      const size_t bh = size_t(seq) * n_head + head0 + i / HD;
+      a.out[bh * HD + i % HD] = merge_element(a.ws_m, a.ws_d, a.ws_o, bh, a.n_split, HD, i % HD);
+    }
+  }
 }
 
 // One block per (sequence, query head): folds the splits' states in order
@@ -671,20 +739,8 @@ __global__ void __launch_bounds__(32 * kWarpsOf<KL, VL>, kAnyFp16<KL, VL> ? 2 : 
 __global__ void merge_kernel(const float* __restrict__ ws_m, const float* __restrict__ ws_d,
                              const float* __restrict__ ws_o, int n_split, int hd, float* __restrict__ out) {
   const size_t bh = blockIdx.x;
-  float M = -INFINITY;
-  for (int s = 0; s < n_split; ++s) M = fmaxf(M, ws_m[bh * n_split + s]);
   for (int e = int(threadIdx.x); e < hd; e += int(blockDim.x)) {
-    float D = 0.0f, acc = 0.0f;
-    if (M != -INFINITY) {
-      for (int s = 0; s < n_split; ++s) {
-        const float d = ws_d[bh * n_split + s];
-        if (d == 0.0f) continue;
-        const float f = exp2f(ws_m[bh * n_split + s] - M);
-        D += d * f;
-        acc += ws_o[(bh * n_split + s) * hd + e] * f;
-      }
-    }
-    out[bh * hd + e] = D > 0.0f ? acc / D : 0.0f;
+    out[bh * hd + e] = merge_element(ws_m, ws_d, ws_o, bh, n_split, hd, e);
   }
 }
 
@@ -760,6 +816,7 @@ struct DecodeAttention::Params {
   size_t dynamic_smem = 0;
   int threads = 128;
   int ctas_per_sm = 1;
+  bool fused_merge = false;  // kFusedMerge: the kernel can write the output itself
 };
 
 DecodeAttention::DecodeAttention(const StreamFormat& keys, const StreamFormat& values, int head_dim, int n_kv_head,
@@ -811,6 +868,7 @@ DecodeAttention::DecodeAttention(const StreamFormat& keys, const StreamFormat& v
   const bool any_fp16 = keys.fp16 || values.fp16;
   const int stages = any_fp16 ? 2 : 3;  // kStages
   params_->threads = 32 * (any_fp16 ? 4 : 16);  // kWarpsOf
+  params_->fused_merge = !any_fp16;              // kFusedMerge
   const size_t ring = size_t(params_->threads / 32) * stages * (A.k_stage + A.v_stage);
   const size_t merge = size_t(kMaxRows) * (head_dim + 4) * sizeof(float);
   params_->dynamic_smem = tables + std::max(ring, merge);
@@ -854,6 +912,11 @@ void DecodeAttention::run(const AttentionArgs& args) {
   const size_t states = size_t(args.n_seq) * n_head * n_split;
   const size_t need = states * (2 + size_t(head_dim_)) * sizeof(float);
   if (workspace_.bytes() < need) workspace_ = DeviceBuffer(need);
+  const size_t counters = size_t(args.n_seq) * n_kv_head_ * sizeof(uint32_t);
+  if (splits_done_.bytes() < counters) {  // zero once; each run leaves them zero
+    splits_done_ = DeviceBuffer(counters);
+    splits_done_.fill(0);
+  }
   KernelArgs A = params_->base;
   A.keys = static_cast<const uint8_t*>(args.keys);
   A.values = static_cast<const uint8_t*>(args.values);
@@ -867,11 +930,16 @@ void DecodeAttention::run(const AttentionArgs& args) {
   A.ws_m = workspace_.as<float>();
   A.ws_d = A.ws_m + states;
   A.ws_o = A.ws_d + states;
+  A.splits_done = splits_done_.as<uint32_t>();
+  const bool fused = params_->fused_merge && n_split >= 2 && n_split <= kMaxFusedSplits;
+  A.out = fused ? args.out : nullptr;
   const dim3 grid(unsigned(n_split), unsigned(n_kv_head_), unsigned(args.n_seq));
   params_->kernel<<<grid, unsigned(params_->threads), params_->dynamic_smem>>>(A);
   TKV_CUDA_LAUNCH("attention_kernel");
-  merge_kernel<<<unsigned(args.n_seq * n_head), 128>>>(A.ws_m, A.ws_d, A.ws_o, n_split, head_dim_, args.out);
-  TKV_CUDA_LAUNCH("merge_kernel");
+  if (!fused) {
+    merge_kernel<<<unsigned(args.n_seq * n_head), 128>>>(A.ws_m, A.ws_d, A.ws_o, n_split, head_dim_, args.out);
+    TKV_CUDA_LAUNCH("merge_kernel");
+  }
 }
 
 }  // namespace turbokv::cuda
