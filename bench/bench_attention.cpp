@@ -6,9 +6,18 @@
 // 128, 1K to 64K cached tokens, one thread (kernel cost, not scaling). After
 // the runs it prints every scheme's time as a ratio of fp16's at the same
 // (tokens, head size), measured in the same run.
+//
+// "attention" reads one layer again and again, so a cache that fits in the
+// last-level cache is read from there. "attention_cold" is a decode step
+// as a deep model sees it: each call reads the next of as many layers as
+// make twice the last-level cache (per scheme), so every layer comes from
+// DRAM, as in a model whose caches exceed it.
 //   bench_attention [--benchmark_filter=...] [--benchmark_min_time=...]
 #include <benchmark/benchmark.h>
 
+#include <unistd.h>
+
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <map>
@@ -34,22 +43,26 @@ const std::pair<const char*, const char*> kSchemes[] = {
     {"group4g64", "group4g64/group4g64"}};
 constexpr int kHeads = 8, kKvHeads = 2;
 
-// A cache holding `tokens` random tokens (keys with a shared mean and outlier
-// channels, like a real model's), with a decode batch of one token open.
+// The last-level cache's size (256 MiB where the system does not say).
+size_t last_level_cache_bytes() {
+  const long l3 = sysconf(_SC_LEVEL3_CACHE_SIZE);
+  return l3 > 0 ? size_t(l3) : size_t(256) << 20;
+}
+
+// A cache of `layers` layers, each holding `tokens` random tokens (keys with
+// a shared mean and outlier channels, like a real model's), with a decode
+// batch of one token open.
 struct Fixture {
   std::string key;
   std::unique_ptr<KvCache> cache;
+  int layers = 1;
   std::vector<float> q, out;  // (n_head, head_dim)
 };
 
-Fixture& fixture(const std::string& scheme, int tokens, int hd) {
-  static Fixture f;
-  const std::string key = scheme + "/" + std::to_string(tokens) + "/" + std::to_string(hd);
-  if (f.key == key) return f;
-  f = Fixture{};
-  f.key = key;
-  const CacheShape shape{1, kHeads, kKvHeads, hd, tokens};
+void fill_cache(Fixture& f, const std::string& scheme, int layers, int tokens, int hd) {
+  const CacheShape shape{layers, kHeads, kKvHeads, hd, tokens};
   f.cache = turbokv::kv::make_kv_cache(scheme, shape);
+  f.layers = layers;
   turbokv::Rng rng(42);
   const int batch = 1024;
   const size_t row = size_t(kKvHeads) * hd;
@@ -64,34 +77,56 @@ Fixture& fixture(const std::string& scheme, int tokens, int hd) {
   // Prefill without attention (only the stored tokens matter here).
   for (int t = 0; t < tokens - 1; t += batch) {
     const int n = std::min(batch, tokens - 1 - t);
-    fill(n);
     f.cache->begin_batch(n, Phase::Prefill);
-    f.cache->store(0, k.data(), v.data());
+    for (int l = 0; l < layers; ++l) {
+      fill(n);
+      f.cache->store(l, k.data(), v.data());
+    }
     f.cache->end_batch();
   }
   f.q.resize(size_t(kHeads) * hd);
   f.out.resize(f.q.size());
   for (auto& x : f.q) x = float(rng.normal());
-  // The decode token: its first attend() compresses the prefix (untimed).
-  fill(1);
+  // The decode token: its first attend() per layer compresses the prefix (untimed).
   f.cache->begin_batch(1, Phase::Decode);
-  f.cache->store(0, k.data(), v.data());
   turbokv::ThreadPool pool(1);
-  f.cache->attend(0, f.q.data(), f.out.data(), 1.0f / std::sqrt(float(hd)), pool);
+  for (int l = 0; l < layers; ++l) {
+    fill(1);
+    f.cache->store(l, k.data(), v.data());
+    f.cache->attend(l, f.q.data(), f.out.data(), 1.0f / std::sqrt(float(hd)), pool);
+  }
+}
+
+Fixture& fixture(const std::string& scheme, int tokens, int hd, bool cold) {
+  static Fixture f;
+  const std::string key = std::string(cold ? "cold" : "hot") + ":" + scheme + "/" + std::to_string(tokens) + "/" +
+                          std::to_string(hd);
+  if (f.key == key) return f;
+  f = Fixture{};
+  f.key = key;
+  fill_cache(f, scheme, 1, tokens, hd);
+  if (cold) {  // as many layers as make twice the last-level cache
+    const size_t per_layer = std::max<size_t>(1, f.cache->bytes());
+    const int layers = int(std::min<size_t>(1024, (2 * last_level_cache_bytes() + per_layer - 1) / per_layer));
+    fill_cache(f, scheme, layers, tokens, hd);
+  }
   return f;
 }
 
-void BM_Attention(benchmark::State& state, const std::string& scheme) {
+void BM_Attention(benchmark::State& state, const std::string& scheme, bool cold) {
   const int tokens = int(state.range(0)), hd = int(state.range(1));
-  Fixture& f = fixture(scheme, tokens, hd);
+  Fixture& f = fixture(scheme, tokens, hd, cold);
   turbokv::ThreadPool pool(1);
   const float scale = 1.0f / std::sqrt(float(hd));
+  int layer = 0;
   for (auto _ : state) {
-    f.cache->attend(0, f.q.data(), f.out.data(), scale, pool);
+    f.cache->attend(layer, f.q.data(), f.out.data(), scale, pool);
     benchmark::DoNotOptimize(f.out.data());
     benchmark::ClobberMemory();
+    if (++layer == f.layers) layer = 0;
   }
-  state.counters["kv_MiB"] = double(f.cache->bytes()) / (1 << 20);
+  state.counters["kv_MiB"] = double(f.cache->bytes()) / f.layers / (1 << 20);
+  state.counters["layers"] = f.layers;
   state.counters["bits"] = f.cache->bits_per_element();
   state.SetLabel(scheme);
 }
@@ -99,16 +134,17 @@ void BM_Attention(benchmark::State& state, const std::string& scheme) {
 // Console output as usual, plus every run's time for the ratio table.
 class RatioReporter : public benchmark::ConsoleReporter {
  public:
-  std::map<std::tuple<int, int, std::string>, double> ns;  // (tokens, hd, scheme) -> real ns
+  // (family, tokens, hd, scheme) -> real ns
+  std::map<std::tuple<std::string, int, int, std::string>, double> ns;
   void ReportRuns(const std::vector<Run>& runs) override {
     ConsoleReporter::ReportRuns(runs);
     for (const Run& r : runs) {
       if (r.run_type != Run::RT_Iteration || r.error_occurred) continue;
-      // name: attention/<scheme>/<tokens>/<hd>
+      // name: <family>/<scheme>/<tokens>/<hd>
       const std::string n = r.benchmark_name();
       const size_t a = n.find('/'), c = n.rfind('/'), b = n.rfind('/', c - 1);
-      ns[{std::stoi(n.substr(b + 1, c - b - 1)), std::stoi(n.substr(c + 1)), n.substr(a + 1, b - a - 1)}] =
-          r.GetAdjustedRealTime();
+      ns[{n.substr(0, a), std::stoi(n.substr(b + 1, c - b - 1)), std::stoi(n.substr(c + 1)),
+          n.substr(a + 1, b - a - 1)}] = r.GetAdjustedRealTime();
     }
   }
 };
@@ -119,25 +155,30 @@ int main(int argc, char** argv) {
   for (const auto& [label, scheme] : kSchemes) {
     const std::string s = scheme;
     benchmark::RegisterBenchmark((std::string("attention/") + label).c_str(),
-                                 [s](benchmark::State& st) { BM_Attention(st, s); })
+                                 [s](benchmark::State& st) { BM_Attention(st, s, false); })
         ->ArgsProduct({{1024, 4096, 16384, 65536}, {64, 128}})
+        ->Unit(benchmark::kMicrosecond);
+    benchmark::RegisterBenchmark((std::string("attention_cold/") + label).c_str(),
+                                 [s](benchmark::State& st) { BM_Attention(st, s, true); })
+        ->Args({16384, 128})
         ->Unit(benchmark::kMicrosecond);
   }
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   RatioReporter reporter;
   benchmark::RunSpecifiedBenchmarks(&reporter);
-  std::printf("\nattention time / fp16 time (same run; one decode token, %d heads / %d kv heads, 1 thread)\n",
+  std::printf("\nattention time / fp16 time (same run; one decode token, %d heads / %d kv heads, 1 thread;\n"
+              "cold: every call reads another layer, from DRAM)\n",
               kHeads, kKvHeads);
-  std::printf("%8s %4s", "tokens", "hd");
+  std::printf("%-15s %8s %4s", "family", "tokens", "hd");
   for (const auto& sc : kSchemes) std::printf(" %12s", sc.first);
   std::printf("\n");
   for (const auto& [key, t] : reporter.ns) {
-    const auto& [tokens, hd, scheme] = key;
+    const auto& [family, tokens, hd, scheme] = key;
     if (scheme != "fp16") continue;
-    std::printf("%8d %4d", tokens, hd);
+    std::printf("%-15s %8d %4d", family.c_str(), tokens, hd);
     for (const auto& sc : kSchemes) {
-      const auto it = reporter.ns.find({tokens, hd, sc.first});
+      const auto it = reporter.ns.find({family, tokens, hd, sc.first});
       if (it == reporter.ns.end()) std::printf(" %12s", "-");
       else std::printf(" %12.3f", it->second / t);
     }
