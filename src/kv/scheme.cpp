@@ -127,6 +127,21 @@ void apply_option(std::string_view whole, SchemeSpec& spec, std::string_view opt
     flag((key == "ksearch" ? spec.key : spec.value).codec.scale_search);
   } else if (key == "window") {
     if (!parse_int(val, spec.window) || spec.window < 0) bad(whole, "window takes a non-negative token count");
+  } else if (key == "codebook") {
+    codec::MseCodebook cb;
+    if (val == "beta") cb = codec::MseCodebook::Sphere;
+    else if (val == "gaussian") cb = codec::MseCodebook::Gaussian;
+    else bad(whole, "codebook takes beta (the exact coordinate density of a rotated unit vector) or gaussian");
+    bool applies = false;
+    for (StreamSpec* st : {&spec.key, &spec.value}) {
+      if (st->kind != StreamKind::Codec) continue;
+      const codec::CodecKind k = st->codec.kind;
+      if (k == codec::CodecKind::Mse || k == codec::CodecKind::Prod) {
+        st->codec.codebook = cb;
+        applies = true;
+      }
+    }
+    if (!applies) bad(whole, "codebook applies to mse and prod streams (group and turbo<B> use the N(0,1) Lloyd-Max codebook)");
   } else if (key == "near") {
     if (!parse_int(val, spec.near) || spec.near < 0) bad(whole, "near takes a non-negative token count");
   } else if (key == "nearbits") {
@@ -228,7 +243,7 @@ std::string scheme_forms() {
          "  options:      <scheme>:<opt>:<opt>... with center=0|1, vcenter=0|1,\n"
          "                calib=none|key|query, rot=auto|hadamard|block|dense, seed=N, strict,\n"
          "                kscale|vscale=auto|norm|matched|ls|unbiased, ksearch|vsearch=0|1, window=N,\n"
-         "                near=N, nearbits=B, fp16layers=L[+L|-L...]";
+         "                near=N, nearbits=B, codebook=beta|gaussian, fp16layers=L[+L|-L...]";
 }
 
 std::vector<std::string> listed_schemes() {

@@ -42,6 +42,9 @@
 //                     attention weight falls with distance
 //       nearbits=B    bits of that tier, at least the streams' (default: one
 //                     more than each stream's, at most 8)
+//       codebook=beta|gaussian   mse and prod streams: the Lloyd–Max codebook of
+//                     the exact coordinate density of a rotated unit vector
+//                     (Beta-like, the default) or of N(0, 1/d)
 //       fp16layers=L[+L...]   keep these layers' keys and values FP16 (indices and
 //                     ranges, e.g. 0+4 or 0-1+7): per-layer precision
 //       strict        compress from the first token (prefill included), as

@@ -111,12 +111,23 @@ TEST(Scheme, ParsesEveryListedName) {
   EXPECT_TRUE(s.strict);
   EXPECT_EQ(parse_scheme("turbo4", "fp16").value.kind, StreamKind::Fp16);
   EXPECT_FALSE(parse_scheme("affine4").center_keys);
+  s = parse_scheme("mse4/group4:codebook=gaussian");
+  EXPECT_EQ(s.key.codec.codebook, codec::MseCodebook::Gaussian);
+  EXPECT_EQ(s.value.codec.codebook, codec::MseCodebook::Sphere);  // group: N(0,1) Lloyd-Max regardless
+  EXPECT_EQ(parse_scheme("prod4/prod4:codebook=beta").value.codec.codebook, codec::MseCodebook::Sphere);
+  s = parse_scheme("turbo3:near=5:nearbits=8");
+  EXPECT_EQ(s.near, 5);
+  EXPECT_EQ(s.near_bits, 8);
+  EXPECT_EQ(parse_scheme("turbo3").near, kTurboNear);
+  EXPECT_EQ(parse_scheme("turbo8").near, 0);
+  EXPECT_EQ(parse_scheme("turbo8").window, kTurboWindowAlone);
 }
 
 TEST(Scheme, BadNamesNameTheProblemAndListTheForms) {
   for (const char* bad : {"turbo3:fp16layers=", "turbo3:fp16layers=3-1", "turbo3:fp16layers=a", "turbo3:fp16layers=1+",
                           "fp16:window=4", "f32:strict:center=0", "fp16/fp16:fp16layers=0", "turbo4:nearbits=3",
-                          "turbo3:near=-1", "turbo3:nearbits=9", "fp16:near=4"}) {
+                          "turbo3:near=-1", "turbo3:nearbits=9", "fp16:near=4", "turbo4:codebook=gaussian",
+                          "mse4/mse4:codebook=normal"}) {
     EXPECT_THROW(parse_scheme(bad), Error) << bad;
   }
   for (const char* bad : {"turbo5", "turbo4v7", "turbo0v0", "q4_0", "", "turbo", "turbo4:frob=1",
