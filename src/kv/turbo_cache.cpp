@@ -292,7 +292,7 @@ void TurboKvCache::encode_staged(int layer, ThreadPool& pool) {
       }
     }
     const size_t items = size_t(nkv) * size_t(count);
-    parallel_checked(pool, items, 16, [&](size_t b, size_t e, int) {
+    parallel_checked(pool, items, 1, [&](size_t b, size_t e, int) {
       float x[codec::kMaxDim], xr[codec::kMaxDim];
       for (size_t it = b; it < e; ++it) {
         const int g = int(it / size_t(count)), p = int(it % size_t(count));
@@ -334,7 +334,7 @@ void TurboKvCache::encode_staged(int layer, ThreadPool& pool) {
   if (far_first >= far_last) return;
   const int far_count = far_last - far_first;
   const int near_base = near_base_[size_t(layer)];
-  parallel_checked(pool, size_t(nkv) * size_t(far_count), 16, [&](size_t b, size_t e, int) {
+  parallel_checked(pool, size_t(nkv) * size_t(far_count), 1, [&](size_t b, size_t e, int) {
     float xr[codec::kMaxDim];
     for (size_t it = b; it < e; ++it) {
       const int g = int(it / size_t(far_count)), pos = far_first + int(it % size_t(far_count));
