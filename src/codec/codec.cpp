@@ -61,6 +61,8 @@ inline void store_fp16(uint8_t* rec, int i, fp16_t h) { std::memcpy(rec + 2 * i,
 // multiplier (a factor above 1 spreads the values further out over the
 // codebook, clipping the extremes onto the outermost level).
 constexpr float kSearchFactors[] = {0.8f, 0.87f, 0.93f, 1.0f, 1.07f, 1.15f, 1.25f, 1.35f, 1.45f, 1.6f};
+constexpr int kDefaultFactor = 3;  // the default placement, tried first
+static_assert(kSearchFactors[kDefaultFactor] == 1.0f);
 
 // Indices of x[0, n) * multiplier, optionally the best of the search factors
 // by least-squares residual; returns <x, c> and ||c||^2 of the chosen indices.
@@ -84,7 +86,7 @@ void quantize_best(const float* t, const float* c, const float* x, float multipl
   constexpr int kF = int(std::size(kSearchFactors));
   uint8_t trial[kF][kMaxDim];  // (factor, element) indices
   for (int f = 0; f < kF; ++f) {
-    quantize_n<B>(t, x, kSearchFactors[f] == 1.0f ? multiplier : multiplier * kSearchFactors[f], n, trial[f]);
+    quantize_n<B>(t, x, f == kDefaultFactor ? multiplier : multiplier * kSearchFactors[f], n, trial[f]);
   }
   float dot[kF] = {}, norm2[kF] = {};
   float xx = 0;
@@ -100,12 +102,10 @@ void quantize_best(const float* t, const float* c, const float* x, float multipl
   // equal residuals wins. Residual of the least-squares fit:
   // ||x||^2 - <x, c>^2 / ||c||^2.
   auto residual = [&](int f) { return norm2[f] > 0 ? xx - dot[f] * dot[f] / norm2[f] : xx; };
-  int best = 0;
-  while (kSearchFactors[best] != 1.0f) ++best;
+  int best = kDefaultFactor;
   float best_r = residual(best);
-  const int base = best;
   for (int f = 0; f < kF; ++f) {
-    if (f == base) continue;
+    if (f == kDefaultFactor) continue;
     const float r = residual(f);
     if (r < best_r) {
       best_r = r;
