@@ -104,12 +104,13 @@ Fixture& fixture(const std::string& scheme, int tokens, int hd, bool cold) {
   if (f.key == key) return f;
   f = Fixture{};
   f.key = key;
-  fill_cache(f, scheme, 1, tokens, hd);
-  if (cold) {  // as many layers as make twice the last-level cache
-    const size_t per_layer = std::max<size_t>(1, f.cache->bytes());
-    const int layers = int(std::min<size_t>(1024, (2 * last_level_cache_bytes() + per_layer - 1) / per_layer));
-    fill_cache(f, scheme, layers, tokens, hd);
+  int layers = 1;
+  if (cold) {  // as many layers as make twice the last-level cache, from the stored bits per element
+    const auto empty = turbokv::kv::make_kv_cache(scheme, CacheShape{1, kHeads, kKvHeads, hd, tokens});
+    const double per_layer = std::max(1.0, empty->bits_per_element() / 8 * 2 * kKvHeads * hd * double(tokens));
+    layers = int(std::min(1024.0, std::ceil(2 * double(last_level_cache_bytes()) / per_layer)));
   }
+  fill_cache(f, scheme, layers, tokens, hd);
   return f;
 }
 
