@@ -56,6 +56,8 @@ struct KernelArgs {
   uint32_t k_index_offset, v_index_offset;
   int k_log2_group, v_log2_group;    // elements per scale (records)
   uint32_t k_stage, v_stage;         // shared bytes of one tile of each stream
+  uint32_t k_pad, v_pad;             // shared bytes between a tile's positions 7 and 8 (records; see row_position)
+  uint64_t rows;                     // position of each mma row of a tile, 4 bits a row (see row_position)
   uint16_t k_table[16], v_table[16]; // fp16 centroids
   const int* seq_len;
   int capacity, n_kv, group, split, n_split;
@@ -132,6 +134,14 @@ __device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], 
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+// 2^x (MUFU.EX2; results below 2^-126 flush to zero: as softmax weights they
+// round to zero in fp16 anyway). exp2f adds a range fix-up around it.
+__device__ __forceinline__ float ex2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
 __device__ __forceinline__ uint32_t pack_half2(float lo, float hi) {
   const __half2 h = __floats2half2_rn(lo, hi);
   return *reinterpret_cast<const uint32_t*>(&h);
@@ -204,10 +214,12 @@ constexpr int kRowPitch = (HD + 8) * 2;
 // Copies one tile (16 positions from `src`, `valid` of them real) into a
 // stage; positions past `valid` are zero (zero scales: finite, and masked).
 // Records: the tile is 16 * row_bytes contiguous bytes, `row_bytes` chunks
-// of 16 (at most 3 per lane: records are at most 80 bytes here).
+// of 16 (at most 3 per lane: records are at most 96 bytes here); positions
+// 8-15 (from chunk row_bytes / 2: records have an even size) land `pad`
+// bytes further than positions 0-7 (see row_position).
 template <class L, int HD>
-__device__ __forceinline__ void copy_tile(uint8_t* stage, const uint8_t* src, uint32_t row_bytes, int valid,
-                                          int lane) {
+__device__ __forceinline__ void copy_tile(uint8_t* stage, const uint8_t* src, uint32_t row_bytes, uint32_t pad,
+                                          int valid, int lane) {
   if constexpr (L::kFp16) {
     constexpr int kChunks = HD / 8;  // 16-byte chunks per row
 #pragma unroll
@@ -218,25 +230,47 @@ __device__ __forceinline__ void copy_tile(uint8_t* stage, const uint8_t* src, ui
                  ok ? 16 : 0);
     }
   } else {
-    const int total = int(row_bytes);
+    const int total = int(row_bytes), half = int(row_bytes / 2);
     const uint32_t dst = smem_addr(stage) + uint32_t(lane) * 16u;
     const uint8_t* from = src + lane * 16;
     if (valid == kTile) {
 #pragma unroll
       for (int j = 0; j < 3; ++j) {
-        if (lane + 32 * j < total) cp_async16_full(dst + 512u * j, from + 512 * j);
+        const int c = lane + 32 * j;
+        if (c < total) cp_async16_full(dst + 512u * j + (c >= half ? pad : 0u), from + 512 * j);
       }
     } else {
       const int valid_bytes = valid * int(row_bytes);
 #pragma unroll
       for (int j = 0; j < 3; ++j) {
-        const int off = (lane + 32 * j) * 16;
-        if (off < total * 16) {
+        const int c = lane + 32 * j, off = c * 16;
+        if (c < total) {
           const int n = min(max(valid_bytes - off, 0), 16);
-          cp_async16(stage + off, n > 0 ? src + off : src, n);
+          cp_async16(stage + off + (c >= half ? pad : 0u), n > 0 ? src + off : src, n);
         }
       }
     }
+  }
+}
+
+// A whole tile of records, the common case, with this lane's chunk offsets
+// in the stage computed once (TileChunks): one add and one copy per chunk.
+constexpr uint32_t kNoChunk = 0xffffffffu;
+struct TileChunks {
+  uint32_t dst[3];  // stage offsets of chunks lane, lane + 32, lane + 64 (pad applied), or kNoChunk
+  __device__ __forceinline__ TileChunks(uint32_t row_bytes, uint32_t pad, int lane) {
+#pragma unroll
+    for (int j = 0; j < 3; ++j) {
+      const uint32_t c = uint32_t(lane + 32 * j);
+      dst[j] = c < row_bytes ? 16u * c + (c >= row_bytes / 2 ? pad : 0u) : kNoChunk;
+    }
+  }
+};
+__device__ __forceinline__ void copy_whole_tile(uint32_t stage, const uint8_t* src, const TileChunks& ch, int lane) {
+  const uint8_t* from = src + lane * 16;
+#pragma unroll
+  for (int j = 0; j < 3; ++j) {
+    if (ch.dst[j] != kNoChunk) cp_async16_full(stage + ch.dst[j], from + 512 * j);
   }
 }
 
@@ -256,11 +290,30 @@ __device__ __forceinline__ uint32_t table_at(const uint8_t* table, uint32_t off)
   return *reinterpret_cast<const uint32_t*>(table + off);
 }
 
+// Tile layout of records in shared memory (the DecodeAttention constructor
+// picks it per stream pair with index_wavefronts). The tile's 16 mma rows (S^T's rows, P^T's k index) may
+// be any order of its 16 positions: row i is position (rows >> 4 i) & 15,
+// the same for keys, values and the mask. And positions 8-15 of a stream's
+// tile may sit `pad` bytes (a multiple of 16) after positions 0-7. Records
+// are copied whole, so a record of 66 bytes (group4g128: turbo4 at head_dim
+// 128) starts 2 bytes off a word every other position, and in natural order
+// with no pad the lanes of every index-word load share banks two by two
+// (keys 20, values 24 bank wavefronts a tile). Rows 0-7 at the even
+// positions 0 4 8 12 2 6 10 14 and rows 8-15 at the odd ones, with 48 bytes
+// between the halves, spread each load over 32 banks (keys 10, values 12
+// wavefronts: the minimum).
+__host__ __device__ constexpr uint32_t row_position(uint64_t rows, int i) { return uint32_t(rows >> (4 * i)) & 15u; }
+// Byte offset in a stage of the record of position p.
+__device__ __forceinline__ uint32_t record_at(uint32_t p, uint32_t row_bytes, uint32_t pad) {
+  return p * row_bytes + (p >= 8u ? pad : 0u);
+}
+
 // Key A fragments (S^T = K Q^T: rows = 16 positions, k = elements) of
 // k-step c. Records: thread (g, r) expands elements [r*HD/4, (r+1)*HD/4) of
-// positions g and 8 + g; k-step c takes elements r*HD/4 + 4c + {0,1}
+// the positions of rows g and 8 + g; k-step c takes elements r*HD/4 + 4c + {0,1}
 // (logical k 2r, 2r+1: pair 2c) and + {2,3} (logical k 2r+8, 2r+9: pair 2c+1).
-template <int B, int HD>
+// kFold: one scale per record (applied to the scores; only s_lo is loaded).
+template <int B, int HD, bool kFold>
 struct KeyRecords {
   static constexpr int kElems = HD / 4;
   static constexpr int kBytes = kElems * B / 8;
@@ -270,31 +323,40 @@ struct KeyRecords {
 
   // Where this thread's bytes sit in a tile (the same in every tile), once.
   struct Plan {
-    uint32_t word;        // aligned byte offset of position g's index bytes
-    uint32_t sh;          // bit shift from there (the same for g + 8: 8 rows are a multiple of 4 bytes)
-    uint32_t s_lo, s_hi;  // byte offsets of position g's two scales
-    uint32_t rows8;       // 8 * record bytes: position g -> g + 8
+    uint32_t word[2];           // aligned byte offsets of the index bytes of rows g and g + 8
+    uint32_t sh[2];             // bit shifts from there
+    uint32_t s_lo[2], s_hi[2];  // byte offsets of their scales
   };
   static __device__ __forceinline__ Plan plan(const KernelArgs& a, int g, int r) {
-    const uint32_t rec = uint32_t(g) * a.k_row, off = rec + a.k_index_offset + uint32_t(r * kBytes);
+    Plan p;
     const int e0 = r * kElems;
-    return {off & ~3u, (off & 3u) * 8u, rec + 2u * uint32_t(e0 >> a.k_log2_group),
-            rec + 2u * uint32_t((e0 + kElems / 2) >> a.k_log2_group), 8u * a.k_row};
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const uint32_t rec = record_at(row_position(a.rows, g + 8 * h), a.k_row, a.k_pad);
+      const uint32_t off = rec + a.k_index_offset + uint32_t(r * kBytes);
+      p.word[h] = off & ~3u;
+      p.sh[h] = (off & 3u) * 8u;
+      p.s_lo[h] = rec + 2u * uint32_t(e0 >> a.k_log2_group);
+      p.s_hi[h] = rec + 2u * uint32_t((e0 + kElems / 2) >> a.k_log2_group);
+    }
+    return p;
   }
   __device__ __forceinline__ void load(const uint8_t* stage, const Plan& p) {
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      const uint8_t* base = stage + (h ? p.rows8 : 0u);
-      load_words<kWords>(base + p.word, p.sh, x[h]);
-      s_lo[h] = dup_half(half_at(base, p.s_lo));
-      s_hi[h] = dup_half(half_at(base, p.s_hi));
+      load_words<kWords>(stage + p.word[h], p.sh[h], x[h]);
+      if constexpr (kFold) {
+        s_lo[h] = half_at(stage, p.s_lo[h]);
+      } else {
+        s_lo[h] = dup_half(half_at(stage, p.s_lo[h]));
+        s_hi[h] = dup_half(half_at(stage, p.s_hi[h]));
+      }
     }
   }
   // col: this lane's key column of the pair table (4 lane).
-  template <bool kFold>
   __device__ __forceinline__ void fragment(int c, const uint8_t* table, uint32_t col, uint32_t (&k)[4]) const {
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {  // position g, then g + 8
+    for (int h = 0; h < 2; ++h) {  // row g, then g + 8
       k[h] = table_at(table, pair_offset<B>(x[h], 2 * c, col));
       k[h + 2] = table_at(table, pair_offset<B>(x[h], 2 * c + 1, col));
       if constexpr (!kFold) {
@@ -304,7 +366,7 @@ struct KeyRecords {
       }
     }
   }
-  // The one scale of positions g and 8 + g (records with one scale).
+  // The one scale of rows g and 8 + g (records with one scale).
   __device__ __forceinline__ float scale(int h) const { return __half2float(__ushort_as_half(uint16_t(s_lo[h]))); }
   // Physical element of the query for the B-fragment k pair 2r (hi = 0) or 2r + 8 (hi = 1) of k-step c.
   static __device__ __forceinline__ int q_element(int c, int r, int hi) { return r * kElems + 4 * c + 2 * hi; }
@@ -316,46 +378,51 @@ struct KeyRows {
 };
 
 // Value A fragments (O^T = V^T P^T: rows = 16 elements, k = 16 positions)
-// of m-tile mt. Records: thread (g, r) expands positions {2r, 2r+1, 2r+8,
-// 2r+9} of elements [g*HD/8, (g+1)*HD/8); m-tile mt's row g is element
-// g*HD/8 + 2mt and row g + 8 is element g*HD/8 + 2mt + 1: one pair lookup per
-// position, and two byte permutes per pair of positions make the fragment.
+// of m-tile mt. Records: thread (g, r) expands the positions of rows {2r,
+// 2r+1, 2r+8, 2r+9} of elements [g*HD/8, (g+1)*HD/8); m-tile mt's row g is
+// element g*HD/8 + 2mt and row g + 8 is element g*HD/8 + 2mt + 1: one pair
+// lookup per position, and two byte permutes per pair of positions make the
+// fragment. kFold (one scale per record): the scales multiply the softmax
+// weights instead, and the thread loads those of its S^T rows g and g + 8.
 template <int B, int HD, bool kFold>
 struct ValueRecords {
   static constexpr int kElems = HD / 8;
   static constexpr int kBytes = kElems * B / 8;
   static constexpr int kWords = (kBytes + 3) / 4;
   uint32_t x[4][kWords];
-  uint32_t sA, sB;  // half2 scales of positions {2r, 2r+1} and {2r+8, 2r+9}
+  uint32_t sA, sB;  // kFold: fp16 scales of rows g, g + 8; else half2 scales of rows {2r, 2r+1}, {2r+8, 2r+9}
 
   // Where this thread's bytes sit in a tile (the same in every tile), once:
-  // positions 2r and 2r + 1 (2r + 8 and 2r + 9 are 8 records further).
+  // rows 2r, 2r + 1, 2r + 8, 2r + 9.
   struct Plan {
-    uint32_t word[2], sh[2], scale[2];
-    uint32_t rows8;
+    uint32_t word[4], sh[4], scale[4];  // kFold: scale[0..1] = records of rows g, g + 8
   };
   static __device__ __forceinline__ Plan plan(const KernelArgs& a, int g, int r) {
     Plan p;
 #pragma unroll
-    for (int j = 0; j < 2; ++j) {
-      const uint32_t rec = uint32_t(2 * r + j) * a.v_row, off = rec + a.v_index_offset + uint32_t(g * kBytes);
+    for (int j = 0; j < 4; ++j) {
+      const uint32_t rec = record_at(row_position(a.rows, 2 * r + (j & 1) + 8 * (j >> 1)), a.v_row, a.v_pad);
+      const uint32_t off = rec + a.v_index_offset + uint32_t(g * kBytes);
       p.word[j] = off & ~3u;
       p.sh[j] = (off & 3u) * 8u;
       p.scale[j] = rec + 2u * uint32_t((g * kElems) >> a.v_log2_group);
     }
-    p.rows8 = 8u * a.v_row;
+    if constexpr (kFold) {
+      p.scale[0] = record_at(row_position(a.rows, g), a.v_row, a.v_pad);
+      p.scale[1] = record_at(row_position(a.rows, g + 8), a.v_row, a.v_pad);
+    }
     return p;
   }
   __device__ __forceinline__ void load(const uint8_t* stage, const Plan& p) {
-    uint32_t s[4];
 #pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const uint8_t* base = stage + ((j >> 1) ? p.rows8 : 0u);
-      load_words<kWords>(base + p.word[j & 1], p.sh[j & 1], x[j]);
-      s[j] = half_at(base, p.scale[j & 1]);
+    for (int j = 0; j < 4; ++j) load_words<kWords>(stage + p.word[j], p.sh[j], x[j]);
+    if constexpr (kFold) {
+      sA = half_at(stage, p.scale[0]);
+      sB = half_at(stage, p.scale[1]);
+    } else {
+      sA = half_at(stage, p.scale[0]) | (half_at(stage, p.scale[1]) << 16);
+      sB = half_at(stage, p.scale[2]) | (half_at(stage, p.scale[3]) << 16);
     }
-    sA = s[0] | (s[1] << 16);
-    sB = s[2] | (s[3] << 16);
   }
   // col: this lane's value column of the pair table (128 + 4 lane).
   __device__ __forceinline__ void fragment(int mt, const uint8_t* table, uint32_t col, uint32_t (&v)[4]) const {
@@ -363,9 +430,9 @@ struct ValueRecords {
     const uint32_t l1 = table_at(table, pair_offset<B>(x[1], mt, col));
     const uint32_t l2 = table_at(table, pair_offset<B>(x[2], mt, col));
     const uint32_t l3 = table_at(table, pair_offset<B>(x[3], mt, col));
-    v[0] = __byte_perm(l0, l1, 0x5410);  // row g (element 2mt), positions 2r, 2r+1
+    v[0] = __byte_perm(l0, l1, 0x5410);  // row g (element 2mt), rows 2r, 2r+1
     v[1] = __byte_perm(l0, l1, 0x7632);  // row g + 8 (element 2mt + 1)
-    v[2] = __byte_perm(l2, l3, 0x5410);  // row g, positions 2r+8, 2r+9
+    v[2] = __byte_perm(l2, l3, 0x5410);  // row g, rows 2r+8, 2r+9
     v[3] = __byte_perm(l2, l3, 0x7632);
     if constexpr (!kFold) {
       v[0] = hmul2_u32(v[0], sA);
@@ -390,7 +457,7 @@ template <class R> struct PlanOf<R, std::void_t<typename R::Plan>> { using type 
 
 template <class L, int HD> struct KeyReader;
 template <int HD> struct KeyReader<Fp16Rows, HD> { using type = KeyRows<HD>; };
-template <int B, bool F, int HD> struct KeyReader<Records<B, F>, HD> { using type = KeyRecords<B, HD>; };
+template <int B, bool F, int HD> struct KeyReader<Records<B, F>, HD> { using type = KeyRecords<B, HD, F>; };
 template <class L, int HD> struct ValueReader;
 template <int HD> struct ValueReader<Fp16Rows, HD> { using type = ValueRows<HD>; };
 template <int B, bool F, int HD> struct ValueReader<Records<B, F>, HD> { using type = ValueRecords<B, HD, F>; };
@@ -420,14 +487,15 @@ constexpr bool kFusedMerge = !kAnyFp16<KL, VL>;
 constexpr int kMaxFusedSplits = 4;
 
 // Fills one codebook's columns (key: column 0, value: column 32 words) of
-// the pair table from 16 fp16 centroids (cooperatively, whole CTA).
-template <int B>
-__device__ void fill_pair_table(uint32_t* table, const uint16_t* centroids, int column, int tid) {
+// the pair table from 16 fp16 centroids (cooperatively, whole CTA: warp w
+// writes entries w, w + W, ..., lane l their copy for bank l).
+template <int B, int kWarps>
+__device__ __forceinline__ void fill_pair_table(uint32_t* table, const uint16_t* centroids, int column, int warp,
+                                                int lane) {
   constexpr int kEntries = 1 << (2 * B);
-  for (int i = tid; i < kEntries * 32; i += int(blockDim.x)) {
-    const int e = i >> 5;
-    table[e * 64 + column + (i & 31)] =
-        uint32_t(centroids[e & ((1 << B) - 1)]) | (uint32_t(centroids[e >> B]) << 16);
+#pragma unroll 4
+  for (int e = warp; e < kEntries; e += kWarps) {
+    table[e * 64 + column + lane] = uint32_t(centroids[e & ((1 << B) - 1)]) | (uint32_t(centroids[e >> B]) << 16);
   }
 }
 
@@ -463,8 +531,8 @@ __global__ void __launch_bounds__(32 * kWarpsOf<KL, VL>, kAnyFp16<KL, VL> ? 2 : 
   const int n_head = a.n_kv * a.group, head0 = kv * a.group;
   constexpr int kTableBytes = kTableBits<KL, VL> == 0 ? 0 : (1 << (2 * kTableBits<KL, VL>)) * 256;
   uint8_t* ring = smem + kTableBytes;
-  if constexpr (!KL::kFp16) fill_pair_table<KL::kBits>(reinterpret_cast<uint32_t*>(smem), a.k_table, 0, tid);
-  if constexpr (!VL::kFp16) fill_pair_table<VL::kBits>(reinterpret_cast<uint32_t*>(smem), a.v_table, 32, tid);
+  if constexpr (!KL::kFp16) fill_pair_table<KL::kBits, kWarps>(reinterpret_cast<uint32_t*>(smem), a.k_table, 0, warp, lane);
+  if constexpr (!VL::kFp16) fill_pair_table<VL::kBits, kWarps>(reinterpret_cast<uint32_t*>(smem), a.v_table, 32, warp, lane);
   const uint32_t kcol = 4u * uint32_t(lane), vcol = 128u + 4u * uint32_t(lane);
 
   const int len = a.seq_len[seq];
@@ -478,8 +546,9 @@ __global__ void __launch_bounds__(32 * kWarpsOf<KL, VL>, kAnyFp16<KL, VL> ? 2 : 
 #pragma unroll
     for (int c = 0; c < KSTEPS; ++c) {
       const int e0 = KR::q_element(c, r, 0), e1 = KR::q_element(c, r, 1);
-      qb[c][0] = ok ? pack_half2(q[e0], q[e0 + 1]) : 0u;
-      qb[c][1] = ok ? pack_half2(q[e1], q[e1 + 1]) : 0u;
+      const float2 v0 = *reinterpret_cast<const float2*>(q + e0), v1 = *reinterpret_cast<const float2*>(q + e1);
+      qb[c][0] = ok ? pack_half2(v0.x, v0.y) : 0u;
+      qb[c][1] = ok ? pack_half2(v1.x, v1.y) : 0u;
     }
   }
   // This thread's score columns: heads 2r and 2r + 1.
@@ -507,6 +576,8 @@ __global__ void __launch_bounds__(32 * kWarpsOf<KL, VL>, kAnyFp16<KL, VL> ? 2 : 
   [[maybe_unused]] typename PlanOf<VR>::type vplan{};
   if constexpr (!KL::kFp16) kplan = KR::plan(a, g, r);
   if constexpr (!VL::kFp16) vplan = VR::plan(a, g, r);
+  // Positions of this thread's S^T rows g and g + 8 (for the mask).
+  const int pos_g = int(row_position(a.rows, g)), pos_g8 = int(row_position(a.rows, g + 8));
 
   const uint32_t stage_bytes = a.k_stage + a.v_stage;
   // The next tile to copy (tiles are issued in order).
@@ -514,11 +585,18 @@ __global__ void __launch_bounds__(32 * kWarpsOf<KL, VL>, kAnyFp16<KL, VL> ? 2 : 
   const uint8_t* vnext = vbase + size_t(first) * a.v_row;
   int next_t0 = first;
   const uint32_t k_step = uint32_t(kTile * kWarps) * a.k_row, v_step = uint32_t(kTile * kWarps) * a.v_row;
+  [[maybe_unused]] const TileChunks kchunks(a.k_row, a.k_pad, lane), vchunks(a.v_row, a.v_pad, lane);
   auto issue = [&](int stage) {
     uint8_t* st = my_ring + uint32_t(stage) * stage_bytes;
     const int valid = min(kTile, se - next_t0);
-    copy_tile<KL, HD>(st, knext, a.k_row, valid, lane);
-    copy_tile<VL, HD>(st + a.k_stage, vnext, a.v_row, valid, lane);
+    if (!KL::kFp16 && !VL::kFp16 && valid == kTile) {
+      const uint32_t sa = smem_addr(st);
+      copy_whole_tile(sa, knext, kchunks, lane);
+      copy_whole_tile(sa + a.k_stage, vnext, vchunks, lane);
+    } else {
+      copy_tile<KL, HD>(st, knext, a.k_row, a.k_pad, valid, lane);
+      copy_tile<VL, HD>(st + a.k_stage, vnext, a.v_row, a.v_pad, valid, lane);
+    }
     knext += k_step;
     vnext += v_step;
     next_t0 += kTile * kWarps;
@@ -557,7 +635,7 @@ __global__ void __launch_bounds__(32 * kWarpsOf<KL, VL>, kAnyFp16<KL, VL> ? 2 : 
 #pragma unroll
       for (int c = 0; c < KSTEPS; ++c) {
         uint32_t k[4];
-        kr.template fragment<KL::kFoldScale>(c, smem, kcol, k);
+        kr.fragment(c, smem, kcol, k);
         mma16816((c & 1) ? s2 : s, k, qb[c][0], qb[c][1]);
       }
       if constexpr (KL::kFoldScale) {  // one scale per key record: onto its row of S^T
@@ -580,7 +658,7 @@ __global__ void __launch_bounds__(32 * kWarpsOf<KL, VL>, kAnyFp16<KL, VL> ? 2 : 
     if (valid < kTile) {  // the split's last tile: mask positions past its end
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
-        if (g + 8 * (j >> 1) >= valid) s[j] = -INFINITY;
+        if (((j >> 1) ? pos_g8 : pos_g) >= valid) s[j] = -INFINITY;
       }
     }
     float mxA = fmaxf(s[0], s[2]), mxB = fmaxf(s[1], s[3]);
@@ -598,7 +676,7 @@ __global__ void __launch_bounds__(32 * kWarpsOf<KL, VL>, kAnyFp16<KL, VL> ? 2 : 
       }
       const float nA = fmaxf(mA, mxA), nB = fmaxf(mB, mxB);
       const float bA = nA == -INFINITY ? 0.0f : nA, bB = nB == -INFINITY ? 0.0f : nB;
-      const float cA = exp2f(mA - bA), cB = exp2f(mB - bB);
+      const float cA = ex2(mA - bA), cB = ex2(mB - bB);
       dA *= cA;
       dB *= cB;
 #pragma unroll
@@ -613,19 +691,19 @@ __global__ void __launch_bounds__(32 * kWarpsOf<KL, VL>, kAnyFp16<KL, VL> ? 2 : 
       baseA = bA;
       baseB = bB;
     }
-    s[0] = exp2f(s[0] - baseA);
-    s[1] = exp2f(s[1] - baseB);
-    s[2] = exp2f(s[2] - baseA);
-    s[3] = exp2f(s[3] - baseB);
+    s[0] = ex2(s[0] - baseA);
+    s[1] = ex2(s[1] - baseB);
+    s[2] = ex2(s[2] - baseA);
+    s[3] = ex2(s[3] - baseB);
     dA += s[0] + s[2];
     dB += s[1] + s[3];
-    // P^T as the B fragment of O^T = V^T P^T: b0 = P^T[pos 2r, 2r+1][head g],
-    // b1 = P^T[pos 2r+8, 2r+9][head g]; S^T's accumulator holds P^T[pos g][heads 2r, 2r+1].
-    uint32_t pb0 = transpose8x8(pack_half2(s[0], s[1]));
-    uint32_t pb1 = transpose8x8(pack_half2(s[2], s[3]));
+    // P^T as the B fragment of O^T = V^T P^T: b0 = P^T[rows 2r, 2r+1][head g],
+    // b1 = P^T[rows 2r+8, 2r+9][head g]; S^T's accumulator holds P^T[row g][heads 2r, 2r+1].
+    uint32_t p0 = pack_half2(s[0], s[1]), p1 = pack_half2(s[2], s[3]);
 
     // ---- O^T += V^T P^T ----
     if constexpr (VL::kFp16) {
+      const uint32_t pb0 = transpose8x8(p0), pb1 = transpose8x8(p1);
       const int mi = lane >> 3;
       const uint8_t* base = vst + ((mi >> 1) * 8 + (lane & 7)) * kRowPitch<HD> + (mi & 1) * 16;
 #pragma unroll
@@ -637,10 +715,11 @@ __global__ void __launch_bounds__(32 * kWarpsOf<KL, VL>, kAnyFp16<KL, VL> ? 2 : 
     } else {
       VR vr;
       vr.load(vst, vplan);
-      if constexpr (VL::kFoldScale) {  // one scale per record: into the weights of its position
-        pb0 = hmul2_u32(pb0, vr.sA);
-        pb1 = hmul2_u32(pb1, vr.sB);
+      if constexpr (VL::kFoldScale) {  // one scale per record: into the weights of its rows g, g + 8
+        p0 = hmul2_u32(p0, dup_half(vr.sA));
+        p1 = hmul2_u32(p1, dup_half(vr.sB));
       }
+      const uint32_t pb0 = transpose8x8(p0), pb1 = transpose8x8(p1);
 #pragma unroll
       for (int t = 0; t < MT; ++t) {
         uint32_t v[4];
@@ -665,9 +744,10 @@ __global__ void __launch_bounds__(32 * kWarpsOf<KL, VL>, kAnyFp16<KL, VL> ? 2 : 
     warp_d[warp][hB] = dB;
   }
   __syncthreads();  // every warp is done with the ring: reuse it
-  float* acc_o = reinterpret_cast<float*>(ring);  // (kMaxRows heads, HD + 4), fragment order
-  constexpr int kAccPitch = HD + 4;
-  for (int i = tid; i < kMaxRows * kAccPitch; i += kThreads) acc_o[i] = 0.0f;
+  // (warp, kMaxRows heads, HD + 4) weighted o of each warp, fragment order;
+  // the pitch keeps the fragment stores conflict-free.
+  float* acc_o = reinterpret_cast<float*>(ring);
+  constexpr int kAccPitch = HD + 4, kWarpAcc = kMaxRows * kAccPitch;
   float fA, fB;  // this warp's weight in the CTA's state, heads hA and hB
   {
     float MA = -INFINITY, MB = -INFINITY;
@@ -679,21 +759,16 @@ __global__ void __launch_bounds__(32 * kWarpsOf<KL, VL>, kAnyFp16<KL, VL> ? 2 : 
     fA = mA == -INFINITY ? 0.0f : exp2f(mA - MA);
     fB = mB == -INFINITY ? 0.0f : exp2f(mB - MB);
   }
-  __syncthreads();
-  for (int w = 0; w < kWarps; ++w) {  // one warp at a time: a fixed summation order
-    if (warp == w) {
 #pragma unroll
-      for (int t = 0; t < MT; ++t) {
+  for (int t = 0; t < MT; ++t) {
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          const int head = (j & 1) ? hB : hA;
-          const int row = g + 8 * (j >> 1);  // of m-tile t
-          acc_o[head * kAccPitch + t * 16 + row] += o[t][j] * ((j & 1) ? fB : fA);
-        }
-      }
+    for (int j = 0; j < 4; ++j) {
+      const int head = (j & 1) ? hB : hA;
+      const int row = g + 8 * (j >> 1);  // of m-tile t
+      acc_o[warp * kWarpAcc + head * kAccPitch + t * 16 + row] = o[t][j] * ((j & 1) ? fB : fA);
     }
-    __syncthreads();
   }
+  __syncthreads();
   const size_t state0 = (size_t(seq) * n_head + head0) * a.n_split + split;  // head 0's state
   if (tid < a.group) {
     float M = -INFINITY;
@@ -705,9 +780,12 @@ __global__ void __launch_bounds__(32 * kWarpsOf<KL, VL>, kAnyFp16<KL, VL> ? 2 : 
     a.ws_m[state0 + size_t(tid) * a.n_split] = M;
     a.ws_d[state0 + size_t(tid) * a.n_split] = D;
   }
-  for (int i = tid; i < a.group * HD; i += kThreads) {  // fragment order -> element order
+  for (int i = tid; i < a.group * HD; i += kThreads) {  // sum the warps in order; fragment order -> element order
     const int head = i / HD, t = (i % HD) / 16, row = i % 16;
-    a.ws_o[(state0 + size_t(head) * a.n_split) * HD + VR::out_element(t, row)] = acc_o[head * kAccPitch + i % HD];
+    float sum = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) sum += acc_o[w * kWarpAcc + head * kAccPitch + i % HD];
+    a.ws_o[(state0 + size_t(head) * a.n_split) * HD + VR::out_element(t, row)] = sum;
   }
   if constexpr (kFusedMerge<KL, VL>) {
     if (a.out == nullptr) return;
@@ -797,9 +875,55 @@ size_t pair_table_bytes(int kbits, int vbits) {
   return b == 0 ? 0 : size_t(1) << (2 * b + 8);
 }
 
-int stage_bytes(const StreamFormat& f, int hd, size_t row) {
+int stage_bytes(const StreamFormat& f, int hd, size_t row, uint32_t pad) {
   if (f.fp16) return kTile * (hd + 8) * 2;
-  return int((kTile * row + 15) / 16 * 16 + 16);  // + one word read past the last record
+  return int((kTile * row + 15) / 16 * 16 + pad + 16);  // + one word read past the last record
+}
+
+// ---- tile layout (see row_position) ----
+constexpr uint64_t rows_of(const int (&pos)[16]) {
+  uint64_t r = 0;
+  for (int i = 0; i < 16; ++i) r |= uint64_t(pos[i]) << (4 * i);
+  return r;
+}
+constexpr int kNaturalOrder[16] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+constexpr int kParityOrder[16] = {0, 4, 8, 12, 2, 6, 10, 14, 1, 5, 9, 13, 3, 7, 11, 15};
+constexpr uint64_t kNaturalRows = rows_of(kNaturalOrder), kParityRows = rows_of(kParityOrder);
+
+// Bank wavefronts of one tile's index-word loads by a stream's reader
+// (KeyRecords or ValueRecords: their plan() and load_words): a warp's
+// 32-bit shared load takes as many wavefronts as the most distinct words
+// one of the 32 banks must serve.
+int index_wavefronts(bool value_reader, int hd, int bits, uint32_t row, uint32_t index_offset, uint64_t rows,
+                     uint32_t pad) {
+  const int bytes = (value_reader ? hd / 8 : hd / 4) * bits / 8;  // per thread and row
+  const int loads = (bytes + 3) / 4 + 1;                          // load_words reads one word more
+  int total = 0;
+  for (int set = 0; set < (value_reader ? 4 : 2); ++set) {
+    for (int i = 0; i < loads; ++i) {
+      uint32_t words[32];
+      for (int lane = 0; lane < 32; ++lane) {
+        const int g = lane / 4, r = lane % 4;
+        const int mma_row = value_reader ? 2 * r + (set & 1) + 8 * (set >> 1) : g + 8 * set;
+        const uint32_t p = row_position(rows, mma_row);
+        const uint32_t off = p * row + (p >= 8 ? pad : 0u) + index_offset + uint32_t((value_reader ? g : r) * bytes);
+        words[lane] = off / 4 + uint32_t(i);
+      }
+      int worst = 0;
+      for (int bank = 0; bank < 32; ++bank) {
+        int distinct = 0;
+        for (int l = 0; l < 32; ++l) {
+          if (words[l] % 32 != uint32_t(bank)) continue;
+          bool seen = false;
+          for (int m = 0; m < l; ++m) seen = seen || words[m] == words[l];
+          distinct += seen ? 0 : 1;
+        }
+        worst = std::max(worst, distinct);
+      }
+      total += worst;
+    }
+  }
+  return total;
 }
 
 int log2_exact(int v) {
@@ -855,8 +979,34 @@ DecodeAttention::DecodeAttention(const StreamFormat& keys, const StreamFormat& v
   v_row_ = A.v_row;
   // copy_tile moves a tile of records in at most 3 x 32 chunks of 16 bytes.
   TKV_ASSERT((keys.fp16 || A.k_row <= 96) && (values.fp16 || A.v_row <= 96), "record larger than copy_tile handles");
-  A.k_stage = uint32_t(stage_bytes(keys, head_dim, A.k_row));
-  A.v_stage = uint32_t(stage_bytes(values, head_dim, A.v_row));
+  TKV_ASSERT((keys.fp16 || A.k_row % 2 == 0) && (values.fp16 || A.v_row % 2 == 0), "records of odd size");
+  // Tile layout: the row order and pads with the fewest bank wavefronts
+  // (natural order and no pads on ties; FP16 rows are read in natural order).
+  A.rows = kNaturalRows;
+  A.k_pad = A.v_pad = 0;
+  {
+    auto best_pad = [&](bool value_reader, const StreamFormat& f, int bits, uint32_t row, uint32_t index_offset,
+                        uint64_t rows, uint32_t& pad) {
+      pad = 0;
+      if (f.fp16) return 0;
+      int best = index_wavefronts(value_reader, head_dim, bits, row, index_offset, rows, 0);
+      for (uint32_t p = 16; p < 128; p += 16) {
+        const int w = index_wavefronts(value_reader, head_dim, bits, row, index_offset, rows, p);
+        if (w < best) best = w, pad = p;
+      }
+      return best;
+    };
+    int best = -1;
+    for (const uint64_t rows : {kNaturalRows, kParityRows}) {
+      if (rows != kNaturalRows && (keys.fp16 || values.fp16)) continue;
+      uint32_t kp = 0, vp = 0;
+      const int w = best_pad(false, keys, kb, A.k_row, A.k_index_offset, rows, kp) +
+                    best_pad(true, values, vb, A.v_row, A.v_index_offset, rows, vp);
+      if (best < 0 || w < best) best = w, A.rows = rows, A.k_pad = kp, A.v_pad = vp;
+    }
+  }
+  A.k_stage = uint32_t(stage_bytes(keys, head_dim, A.k_row, A.k_pad));
+  A.v_stage = uint32_t(stage_bytes(values, head_dim, A.v_row, A.v_pad));
   A.n_kv = n_kv_head;
   A.group = group;
   const bool k_one_scale = !keys.fp16 && (1 << A.k_log2_group) == head_dim;
@@ -870,7 +1020,7 @@ DecodeAttention::DecodeAttention(const StreamFormat& keys, const StreamFormat& v
   params_->threads = 32 * (any_fp16 ? 4 : 16);  // kWarpsOf
   params_->fused_merge = !any_fp16;              // kFusedMerge
   const size_t ring = size_t(params_->threads / 32) * stages * (A.k_stage + A.v_stage);
-  const size_t merge = size_t(kMaxRows) * (head_dim + 4) * sizeof(float);
+  const size_t merge = size_t(params_->threads / 32) * kMaxRows * (head_dim + 4) * sizeof(float);  // acc_o
   params_->dynamic_smem = tables + std::max(ring, merge);
   TKV_CUDA(cudaFuncSetAttribute(params_->kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                 int(params_->dynamic_smem)));

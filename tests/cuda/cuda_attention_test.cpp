@@ -218,7 +218,8 @@ std::vector<PairCase> pairs(int hd) {
   const int vg = hd == 128 ? 128 : 64;  // turbo<B> values: groups of 128 where they divide
   return {
       {fp16(), fp16()},                           // the FP16 baseline kernel
-      {group(4, 64), group(4, vg)},               // turbo4's layout
+      {group(4, 64), group(4, vg)},               // turbo4 with keys in groups of 64
+      {group(4, vg), group(4, vg)},               // turbo4 as resolved now (one scale a record)
       {group(3, 64), group(3, vg)},               // turbo3
       {group(2, 64), group(2, vg)},               // turbo2
       {group(4, 16), group(2, 32)},               // turbo4v2-like, small groups
