@@ -159,6 +159,12 @@ Codec::Codec(const CodecSpec& spec, int dim, uint64_t seed) : spec_(spec), dim_(
   validate_spec(spec, dim);
   group_ = spec.effective_group();
   layout_ = record_layout(spec, dim);
+  if (spec.split != 0) {
+    parts_.reserve(2);
+    parts_.emplace_back(split_part(spec, 0), spec.split, seed);
+    parts_.emplace_back(split_part(spec, 1), dim - spec.split, seed);
+    return;
+  }
   const double inv_sqrt_d = 1.0 / std::sqrt(double(dim));
   auto unit_codebook = [&](int bits) {
     // The sphere density needs d >= 3; below that use the Gaussian limit.
@@ -308,6 +314,11 @@ void Codec::encode_prod(const float* x, uint8_t* rec) const {
 }
 
 void Codec::encode_rotated(const float* x, uint8_t* rec) const {
+  if (!parts_.empty()) {
+    parts_[0].encode_rotated(x, rec);
+    parts_[1].encode_rotated(x + spec_.split, rec + layout_.split_offset);
+    return;
+  }
   switch (spec_.kind) {
     case CodecKind::Mse:
       with_bits(spec_.bits, [&]<int B>() { encode_mse<B>(x, rec); });
@@ -326,6 +337,11 @@ void Codec::encode_rotated(const float* x, uint8_t* rec) const {
 }
 
 void Codec::decode_rotated(const uint8_t* rec, float* x) const {
+  if (!parts_.empty()) {
+    parts_[0].decode_rotated(rec, x);
+    parts_[1].decode_rotated(rec + layout_.split_offset, x + spec_.split);
+    return;
+  }
   const int d = dim_;
   uint8_t idx[kMaxDim];
   unpack_bits(rec + layout_.index_offset, size_t(d), int(layout_.index_bits), idx);
@@ -391,6 +407,9 @@ void Codec::multiply_s(const float* v, float* y) const {
 }
 
 float Codec::dot_rotated(const float* q, const float* sk, const uint8_t* rec) const {
+  if (!parts_.empty()) {  // mse and group parts: no sketch
+    return parts_[0].dot_rotated(q, nullptr, rec) + parts_[1].dot_rotated(q + spec_.split, nullptr, rec + layout_.split_offset);
+  }
   const int d = dim_;
   uint8_t idx[kMaxDim];
   unpack_bits(rec + layout_.index_offset, size_t(d), int(layout_.index_bits), idx);

@@ -18,6 +18,10 @@
 //          (max - min)/(2^b - 1), bias = min, both fp16;
 //          q = round((x - bias)/scale) using the fp16-rounded scale and bias,
 //          so |x - x̂| <= scale/2 + fp16 rounding of bias and scale.
+//   split  (CodecSpec::split = K) mse or group as two independent records:
+//          coordinates [0, K) at one more bit, [K, d) at the spec's bits.
+//          The caller puts the outlier channels first and rotates each part
+//          on its own (Rotation::make_split).
 //
 // The *_rotated functions work on vectors already rotated by the caller (the
 // cache rotates keys, values and queries once; STYLE.md rule 4). encode/
@@ -58,7 +62,11 @@ class Codec {
   // Levels the indices refer to, in the coordinates of the rotated unit vector
   // (mse, prod: sphere or N(0,1)/sqrt(d); group: N(0,1)); null for affine and
   // for prod at 1 bit.
+  // Split codecs: null (see parts()).
   const Codebook* codebook() const { return levels_ ? &*levels_ : nullptr; }
+  // Split codecs: the codecs of the two parts (coordinates [0, split) and
+  // [split, dim), records at offsets 0 and layout().split_offset); empty otherwise.
+  std::span<const Codec> parts() const { return parts_; }
   // prod: S, (dim, dim) row-major; empty otherwise.
   std::span<const float> qjl_matrix() const { return qjl_; }
 
@@ -100,6 +108,7 @@ class Codec {
   float outer_centroid_ = 0;  // group: largest centroid
   std::vector<float> qjl_;    // prod: S, (dim, dim) row-major
   std::vector<float> qjl_t_;  // prod: S^T, (dim, dim) row-major
+  std::vector<Codec> parts_;  // split: the two parts
 };
 
 // fp16 field i of a record's header (norms, scales, biases).

@@ -4,7 +4,8 @@
 // the offset of every field and the bits per element follow from
 // (codec, bits, group_size, d) alone and are constexpr, so a kernel can read
 // a record in place without decoding it. docs/FORMAT.md describes the same
-// layouts in prose; bump kFormatVersion whenever anything here changes.
+// layouts in prose; bump kFormatVersion whenever an existing layout changes
+// (a new layout, such as split records, leaves records already written valid).
 //
 // Record layout (all multi-byte fields little-endian, no alignment assumed:
 // read them with memcpy):
@@ -12,6 +13,9 @@
 //   group  [fp16 scale x d/G][packed b-bit indices, d of them]
 //   prod   [fp16 norm][fp16 residual norm][packed (b-1)-bit indices][d sign bits]
 //   affine [fp16 scale x d/G][fp16 bias x d/G][packed b-bit indices]
+//   split  (mse, group with split = K > 0: outlier channels at one more bit)
+//          [record of coordinates 0..K-1 at min(b+1, 8) bits][record of K..d-1 at b bits],
+//          each part the codec's own layout for its dimension
 // Packed indices are LSB-first (codec/bitpack.h): element i occupies stream
 // bits [i*b, (i+1)*b), stream bit j is bit (j % 8) of byte j / 8; unused bits
 // of the last byte are zero.
@@ -65,7 +69,15 @@ struct CodecSpec {
   // least squared error, instead of the fixed one (unit norm for mse, amax on
   // the outermost centroid for group). Encoder-only, like scale_rule.
   bool scale_search = false;
+  // mse and group: the first `split` coordinates are stored as a record of
+  // their own at split_bits() (one more bit), the other dim - split as a
+  // record at `bits`: outlier channels, which the caller moves to the front
+  // and rotates apart from the rest (TurboQuant's fractional rates, e.g.
+  // 32 of 128 channels at 4 bits and 96 at 3 is 3.25 bits plus scales).
+  // 0: one record.
+  int split = 0;
 
+  constexpr int split_bits() const { return bits < 8 ? bits + 1 : 8; }
   constexpr int effective_group() const {
     if (kind == CodecKind::Group) return group_size == 0 ? 16 : group_size;
     if (kind == CodecKind::Affine) return group_size == 0 ? 64 : group_size;
@@ -98,6 +110,13 @@ constexpr const char* spec_problem(const CodecSpec& s, int dim) {
     return "scale rules and scale search apply to mse and group only";
   }
   if (s.kind == CodecKind::Group && s.scale_rule == ScaleRule::Norm) return "the norm scale rule applies to mse only";
+  if (s.split != 0) {
+    if (s.kind != CodecKind::Mse && s.kind != CodecKind::Group) return "a split record (outlier channels) applies to mse and group only";
+    if (s.split < 0 || s.split >= dim) return "the split (outlier channels) must be in 1..dim-1";
+    if (s.kind == CodecKind::Group && (s.split % s.effective_group() != 0 || (dim - s.split) % s.effective_group() != 0)) {
+      return "group size must divide both parts of a split record (outlier channels and the rest)";
+    }
+  }
   switch (s.kind) {
     case CodecKind::Mse:
     case CodecKind::Prod:
@@ -119,6 +138,15 @@ constexpr const char* spec_problem(const CodecSpec& s, int dim) {
   return "unknown codec kind";
 }
 
+// Part 0 (the first `split` coordinates, at split_bits()) or part 1 (the
+// rest, at bits) of a split spec: a spec of its own, without a split.
+constexpr CodecSpec split_part(const CodecSpec& s, int part) {
+  CodecSpec p = s;
+  p.split = 0;
+  if (part == 0) p.bits = s.split_bits();
+  return p;
+}
+
 // Offsets and sizes of one record's fields, in bytes.
 struct RecordLayout {
   uint32_t n_scales = 0;      // fp16 values at offset 0: mse 1 (norm), prod 2 (norm, residual
@@ -130,6 +158,8 @@ struct RecordLayout {
   uint32_t index_bytes = 0;   // packed_bytes(d, index_bits)
   uint32_t sign_offset = 0;   // prod: first byte of the d QJL sign bits; others 0
   uint32_t sign_bytes = 0;    // prod: packed_bytes(d, 1); others 0
+  uint32_t split_offset = 0;  // split records: first byte of part 1 (part 0 starts at 0;
+                              // the fields above are then zero: read each part with its own layout)
   uint32_t record_bytes = 0;  // total
 };
 
@@ -137,6 +167,11 @@ struct RecordLayout {
 constexpr RecordLayout record_layout(const CodecSpec& s, int dim) {
   RecordLayout L;
   if (spec_problem(s, dim) != nullptr) return L;
+  if (s.split != 0) {
+    L.split_offset = record_layout(split_part(s, 0), s.split).record_bytes;
+    L.record_bytes = L.split_offset + record_layout(split_part(s, 1), dim - s.split).record_bytes;
+    return L;
+  }
   const uint32_t d = uint32_t(dim);
   switch (s.kind) {
     case CodecKind::Mse:
@@ -202,6 +237,12 @@ static_assert(bits_per_element(prod(3), 128) == 3.25);
 static_assert(bits_per_element(affine(4), 128) == 4.5);
 static_assert(record_bytes(affine(3), 128) == 0);  // invalid spec -> empty layout
 static_assert(record_bytes(group(4), 80) == 10 + 40);
+constexpr CodecSpec split(CodecSpec s, int k) { s.split = k; return s; }
+static_assert(record_bytes(split(mse(3), 32), 128) == (2 + 16) + (2 + 36));  // 3.5 bits
+static_assert(record_layout(split(mse(3), 32), 128).split_offset == 18);
+static_assert(record_bytes(split(group(2, 32), 32), 128) == (2 + 12) + (6 + 24));
+static_assert(record_bytes(split(group(2, 64), 32), 128) == 0);  // 64 does not divide 32
+static_assert(record_bytes(split(prod(3), 32), 128) == 0);
 }  // namespace format_checks
 
 }  // namespace turbokv::codec

@@ -36,6 +36,7 @@ const char* rotation_name(RotationKind k) {
     case RotationKind::Hadamard: return "hadamard";
     case RotationKind::BlockHadamard: return "block_hadamard";
     case RotationKind::Dense: return "dense";
+    case RotationKind::Split: return "split";
   }
   return "unknown";
 }
@@ -76,6 +77,7 @@ RotationKind Rotation::auto_kind(int dim) {
 Rotation Rotation::make(int dim, uint64_t seed, int layer, int head, RotationKind kind) {
   if (dim < 1 || dim > kMaxDim)
     throw Error("rotation dimension must be in 1..1024, got " + std::to_string(dim));
+  if (kind == RotationKind::Split) throw Error("a split rotation is made by make_split");
   if (kind == RotationKind::Auto) kind = auto_kind(dim);
   if (kind == RotationKind::Hadamard && !is_pow2(dim))
     throw Error("Hadamard rotation needs a power-of-two dimension, got " + std::to_string(dim) +
@@ -127,8 +129,32 @@ Rotation Rotation::make(int dim, uint64_t seed, int layer, int head, RotationKin
       break;
     }
     case RotationKind::Auto:
+    case RotationKind::Split:
       break;
   }
+  return r;
+}
+
+Rotation Rotation::make_split(const std::vector<uint32_t>& order, int split, uint64_t seed, int layer, int head,
+                              RotationKind kind) {
+  const int dim = int(order.size());
+  if (dim < 2 || dim > kMaxDim) throw Error("split rotation dimension must be in 2..1024, got " + std::to_string(dim));
+  if (split <= 0 || split >= dim) {
+    throw Error("split rotation: the first part must have 1.." + std::to_string(dim - 1) + " channels, got " +
+                std::to_string(split));
+  }
+  std::vector<uint8_t> seen(order.size(), 0);
+  for (uint32_t c : order) {
+    if (c >= order.size() || seen[c]) throw Error("split rotation: the channel order is not a permutation");
+    seen[c] = 1;
+  }
+  Rotation r;
+  r.dim_ = dim;
+  r.kind_ = RotationKind::Split;
+  r.split_ = split;
+  r.order_ = order;
+  r.parts_.push_back(make(split, seed, layer, head, kind));
+  r.parts_.push_back(make(dim - split, mix_seed(seed, 0x73706c6974ull), layer, head, kind));  // "split"
   return r;
 }
 
@@ -159,6 +185,13 @@ void Rotation::forward(const float* x, float* y) const {
         const float tj = t[j];
         for (int i = 0; i < d; ++i) y[i] += col[i] * tj;
       }
+      return;
+    }
+    case RotationKind::Split: {
+      float t[kMaxDim];
+      for (int i = 0; i < d; ++i) t[i] = x[order_[i]];
+      parts_[0].forward(t, y);
+      parts_[1].forward(t + split_, y + split_);
       return;
     }
     case RotationKind::Auto:
@@ -195,6 +228,13 @@ void Rotation::inverse(const float* y, float* x) const {
         const float yi = t[i];
         for (int j = 0; j < d; ++j) x[j] += row[j] * yi;
       }
+      return;
+    }
+    case RotationKind::Split: {
+      float t[kMaxDim];
+      parts_[0].inverse(y, t);
+      parts_[1].inverse(y + split_, t + split_);
+      for (int i = 0; i < d; ++i) x[order_[i]] = t[i];
       return;
     }
     case RotationKind::Auto:

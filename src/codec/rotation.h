@@ -19,6 +19,10 @@
 //                  Gaussian matrix by Gram–Schmidt, whose R has a positive
 //                  diagonal -- exactly the sign correction that makes Q
 //                  Haar-distributed (Mezzadri 2007). O(d^2) per vector.
+//   Split          (make_split) outlier channels rotated apart from the rest:
+//                  y = blockdiag(R_0, R_1) P x, P moving the channels listed
+//                  first in `order` to the front, R_0 and R_1 rotations of
+//                  the two parts (split and d - split coordinates).
 // make_rotation picks Hadamard for powers of two, BlockHadamard for multiples
 // of 16, Dense otherwise, unless a kind is forced.
 #pragma once
@@ -28,7 +32,7 @@
 
 namespace turbokv::codec {
 
-enum class RotationKind : uint8_t { Auto = 0, Hadamard = 1, BlockHadamard = 2, Dense = 3 };
+enum class RotationKind : uint8_t { Auto = 0, Hadamard = 1, BlockHadamard = 2, Dense = 3, Split = 4 };
 
 const char* rotation_name(RotationKind k);
 
@@ -38,6 +42,12 @@ class Rotation {
   // power of two.
   static Rotation make(int dim, uint64_t seed, int layer = 0, int head = 0,
                        RotationKind kind = RotationKind::Auto);
+  // Channel order[i] of x goes to coordinate i, then the first `split`
+  // coordinates and the other order.size() - split are rotated apart, each
+  // by a rotation of `kind` (Auto: per part). Throws Error unless order is a
+  // permutation of 0..d-1 and 0 < split < d.
+  static Rotation make_split(const std::vector<uint32_t>& order, int split, uint64_t seed, int layer = 0,
+                             int head = 0, RotationKind kind = RotationKind::Auto);
   // The kind Auto resolves to for this dimension.
   static RotationKind auto_kind(int dim);
 
@@ -60,6 +70,9 @@ class Rotation {
   std::vector<uint32_t> perm1_, perm2_;  // (dim) BlockHadamard: y[i] = x[perm[i]]
   std::vector<float> matrix_;            // (dim, dim) Dense, row-major Q
   std::vector<float> matrix_t_;          // (dim, dim) Dense, row-major Q^T
+  int split_ = 0;                        // Split: coordinates of part 0
+  std::vector<uint32_t> order_;          // (dim) Split: y-side coordinate i is channel order_[i]
+  std::vector<Rotation> parts_;          // Split: the two parts' rotations
 };
 
 // Normalized in-place Walsh–Hadamard transform of each n-block of x (n a power

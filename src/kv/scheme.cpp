@@ -148,6 +148,14 @@ void apply_option(std::string_view whole, SchemeSpec& spec, std::string_view opt
     if (!parse_int(val, spec.near_bits) || spec.near_bits < 1 || spec.near_bits > 8) {
       bad(whole, "nearbits takes a bit width in 2..8");
     }
+  } else if (key == "outliers" || key == "voutliers") {
+    StreamSpec& st = key == "outliers" ? spec.key : spec.value;
+    const char* what = key == "outliers" ? "keys" : "values";
+    if (!parse_int(val, st.outliers) || st.outliers < 0) bad(whole, std::string(key) + " takes a non-negative channel count");
+    if (st.outliers > 0 && (st.kind != StreamKind::Codec ||
+                            (st.codec.kind != codec::CodecKind::Mse && st.codec.kind != codec::CodecKind::Group))) {
+      bad(whole, std::string(key) + " applies to " + what + " stored by turbo<B>, mse<B> or group<B>, not " + st.name);
+    }
   } else if (key == "fp16layers") {
     // Layer indices and ranges joined by '+': "0+4", "0-1+7".
     spec.fp16_layers.clear();
@@ -189,12 +197,17 @@ const char* calibration_name(Calibration c) {
 
 codec::CodecSpec SchemeSpec::resolve_codec(const StreamSpec& s, int head_dim) {
   codec::CodecSpec c = s.codec;
+  c.split = s.outliers;
   if (s.turbo_group > 0) {
-    if (head_dim % s.turbo_group == 0) {
+    // With outlier channels, each part needs whole groups.
+    const int g = s.turbo_group;
+    const bool parts_ok = s.outliers == 0 || (s.outliers % g == 0 && (head_dim - s.outliers) % g == 0);
+    if (head_dim % g == 0 && parts_ok) {
       c.group_size = s.turbo_group;
     } else {
-      // One scale per vector: mse's layout with the same encoder rules
-      // (matched norm unless the role asks for least squares).
+      // One scale per vector (per part of a split record): mse's layout
+      // with the same encoder rules (matched norm unless the role asks for
+      // least squares).
       c.kind = codec::CodecKind::Mse;
       c.group_size = 0;
       if (c.scale_rule == codec::ScaleRule::Auto) c.scale_rule = codec::ScaleRule::MatchedNorm;
@@ -232,6 +245,8 @@ double SchemeSpec::bits_at(int head_dim, int n_tokens) const {
   if (k_codec && center_keys) state += 16;
   if (k_codec && calibration != Calibration::None) state += 8;
   if (v_codec && center_values) state += 16;
+  if (k_codec && key.outliers > 0) state += 1;
+  if (v_codec && value.outliers > 0) state += 1;
   return 0.5 * (stream(key) + stream(value)) + state / (2.0 * n);
 }
 
@@ -243,7 +258,8 @@ std::string scheme_forms() {
          "  options:      <scheme>:<opt>:<opt>... with center=0|1, vcenter=0|1,\n"
          "                calib=none|key|query, rot=auto|hadamard|block|dense, seed=N, strict,\n"
          "                kscale|vscale=auto|norm|matched|ls|unbiased, ksearch|vsearch=0|1, window=N,\n"
-         "                near=N, nearbits=B, codebook=beta|gaussian, fp16layers=L[+L|-L...]";
+         "                near=N, nearbits=B, codebook=beta|gaussian, outliers=N, voutliers=N,\n"
+         "                fp16layers=L[+L|-L...]";
 }
 
 std::vector<std::string> listed_schemes() {

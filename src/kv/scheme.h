@@ -45,6 +45,12 @@
 //       codebook=beta|gaussian   mse and prod streams: the Lloyd–Max codebook of
 //                     the exact coordinate density of a rotated unit vector
 //                     (Beta-like, the default) or of N(0, 1/d)
+//       outliers=N   keys: the N channels of each (layer, kv head) that carry the
+//                     most of the encoded key's energy (s_j^2 Var[k_j], estimated
+//                     with the calibration) are rotated and stored apart at one
+//                     more bit (a split record, codec/format.h): fractional
+//                     rates, e.g. turbo3 + 32 of 128 channels = 3.25 + 0.25 bits
+//       voutliers=N   the same for values (by Var[v_j])
 //       fp16layers=L[+L...]   keep these layers' keys and values FP16 (indices and
 //                     ranges, e.g. 0+4 or 0-1+7): per-layer precision
 //       strict        compress from the first token (prefill included), as
@@ -82,8 +88,11 @@ struct StreamSpec {
   // head size (resolve_codec): `group` with this group where it divides the
   // head size, else one scale per vector (`mse` with the same encoder rules).
   int turbo_group = 0;
+  // Channels per (layer, kv head) stored apart at one more bit (scheme
+  // options outliers= / voutliers=; codec streams of kind mse or group).
+  int outliers = 0;
   bool operator==(const StreamSpec& o) const {
-    return kind == o.kind && (kind != StreamKind::Codec || codec == o.codec);
+    return kind == o.kind && (kind != StreamKind::Codec || (codec == o.codec && outliers == o.outliers));
   }
 };
 
@@ -118,7 +127,8 @@ struct SchemeSpec {
   // Bits per element of a cache holding n_tokens (>= 1) after its first
   // decode step, everything counted: records, the near tier, the raw window, and the
   // calibration state of each (layer, kv head) (key mean 16 bits and key
-  // scale 8 bits a channel, value mean 16 bits). fp16layers are not counted
+  // scale 8 bits a channel, value mean 16 bits, one bit a channel marking
+  // the outlier channels of a split stream). fp16layers are not counted
   // (they depend on the model's layer count).
   double bits_at(int head_dim, int n_tokens) const;
 };

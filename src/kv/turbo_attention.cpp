@@ -34,7 +34,7 @@ size_t chunk_work_floats(int head_dim) {
 
 bool fused_layout_supported(const codec::Codec& codec) {
   const codec::CodecSpec& s = codec.spec();
-  const bool kind_ok = s.kind == codec::CodecKind::Mse || s.kind == codec::CodecKind::Group;
+  const bool kind_ok = (s.kind == codec::CodecKind::Mse || s.kind == codec::CodecKind::Group) && s.split == 0;
   return kind_ok && (s.bits == 2 || s.bits == 3 || s.bits == 4 || s.bits == 8);
 }
 

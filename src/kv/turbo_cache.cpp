@@ -6,6 +6,7 @@
 #include <mutex>
 #include <optional>
 
+#include "codec/bitpack.h"
 #include "kv/attention_kernels.h"
 #include "kv/cache_file.h"
 #include "kv/dense_cache.h"
@@ -28,8 +29,12 @@ struct TurboKvCache::Stream {
   std::optional<codec::Codec> near_codec;
   size_t near_record_bytes = 0;
   std::vector<std::vector<uint8_t>> near;    // codec: (layer, kv_head) -> (pos - near_base, near_record_bytes)
+  // Outlier channels (spec.outliers > 0): each (layer, kv_head)'s split
+  // rotation, built when the layer is calibrated.
+  std::vector<std::optional<codec::Rotation>> split_rotations;
 
   bool is_codec() const { return spec.kind == StreamKind::Codec; }
+  bool split() const { return is_codec() && spec.outliers > 0; }
   bool rotated() const { return is_codec() && codec->uses_rotation(); }
   uint8_t* record(int layer, int g, int pos) {
     return records.data() + ((size_t(layer) * n_kv_head + g) * max_tokens + pos) * record_bytes;
@@ -67,6 +72,21 @@ namespace {
 float round_log_scale(float s) {
   const float code = std::clamp(std::round(16.0f * std::log2(s)), -128.0f, 127.0f);
   return std::exp2(code / 16.0f);
+}
+
+// Marks the n channels with the most energy var[j] * scale[j]^2 (scale null:
+// 1), ties to the lower channel.   flags: (var.size()), set to 0 or 1
+void mark_outliers(const std::vector<double>& var, const float* scale, int n, uint8_t* flags) {
+  const size_t d = var.size();
+  std::vector<uint32_t> idx(d);
+  std::vector<double> energy(d);
+  for (size_t j = 0; j < d; ++j) {
+    idx[j] = uint32_t(j);
+    energy[j] = scale ? var[j] * double(scale[j]) * double(scale[j]) : var[j];
+  }
+  std::stable_sort(idx.begin(), idx.end(), [&](uint32_t a, uint32_t b) { return energy[a] > energy[b]; });
+  std::fill(flags, flags + d, uint8_t(0));
+  for (int k = 0; k < n; ++k) flags[idx[size_t(k)]] = 1;
 }
 
 // Runs fn over [0, n) on the pool; an exception in any worker is rethrown here.
@@ -124,6 +144,7 @@ TurboKvCache::TurboKvCache(const SchemeSpec& spec, const CacheShape& shape)
         st->near_record_bytes = st->near_codec->record_bytes();
         st->near.resize(heads);
       }
+      if (st->split()) st->split_rotations.resize(heads);
     }
     return st;
   };
@@ -197,6 +218,8 @@ void TurboKvCache::calibrate(int layer) {
   c.key_scale.assign(n, 1.0f);
   c.inv_key_scale.assign(n, 1.0f);
   c.value_mean.assign(n, 0.0f);
+  if (keys_->split()) c.key_outliers.assign(n, 0);
+  if (values_->split()) c.value_outliers.assign(n, 0);
   TKV_ASSERT(n_encoded_[size_t(layer)] == 0, "calibration after encoding");
 
   auto channel_stats = [&](const std::vector<fp16_t>& staged, float* mean, std::vector<double>& var, bool center) {
@@ -260,15 +283,46 @@ void TurboKvCache::calibrate(int layer) {
         kscale[i] = round_log_scale(kscale[i]);
         kinv[i] = 1.0f / kscale[i];
       }
+      if (keys_->split()) mark_outliers(var, kscale, spec_.key.outliers, c.key_outliers.data() + size_t(g) * hd);
     }
-    if (values_->is_codec() && spec_.center_values) {
+    if (values_->is_codec() && (spec_.center_values || values_->split())) {
       std::vector<double> var;
       float* vmean = c.value_mean.data() + size_t(g) * hd;
-      channel_stats(values_->staged_of(layer, g), vmean, var, true);
+      channel_stats(values_->staged_of(layer, g), vmean, var, spec_.center_values);
       for (int i = 0; i < hd; ++i) vmean[i] = round_fp16(vmean[i]);
+      if (values_->split()) mark_outliers(var, nullptr, spec_.value.outliers, c.value_outliers.data() + size_t(g) * hd);
     }
   }
   c.done = true;
+  build_split_rotations(layer);
+}
+
+void TurboKvCache::build_split_rotations(int layer) {
+  const int hd = shape_.head_dim, nkv = shape_.n_kv_head;
+  const Calib& c = calib_[size_t(layer)];
+  for (Stream* st : {keys_.get(), values_.get()}) {
+    if (!st->split()) continue;
+    const uint8_t* flags = (st == keys_.get() ? c.key_outliers : c.value_outliers).data();
+    for (int g = 0; g < nkv; ++g) {
+      // The outlier channels first, then the rest, each in channel order.
+      std::vector<uint32_t> order;
+      order.reserve(size_t(hd));
+      for (int pass = 1; pass >= 0; --pass) {
+        for (int i = 0; i < hd; ++i) {
+          if (flags[size_t(g) * hd + i] == pass) order.push_back(uint32_t(i));
+        }
+      }
+      st->split_rotations[size_t(layer) * nkv + g].emplace(
+          codec::Rotation::make_split(order, st->spec.outliers, spec_.seed, layer, g, spec_.rotation));
+    }
+  }
+}
+
+const codec::Rotation& TurboKvCache::rotation(const Stream& st, int layer, int g) const {
+  const size_t head = size_t(layer) * shape_.n_kv_head + g;
+  if (!st.split()) return rotations_[head];
+  TKV_ASSERT(st.split_rotations[head].has_value(), "split rotation used before calibration");
+  return *st.split_rotations[head];
 }
 
 void TurboKvCache::encode_staged(int layer, ThreadPool& pool) {
@@ -296,7 +350,6 @@ void TurboKvCache::encode_staged(int layer, ThreadPool& pool) {
       float x[codec::kMaxDim], xr[codec::kMaxDim];
       for (size_t it = b; it < e; ++it) {
         const int g = int(it / size_t(count)), p = int(it % size_t(count));
-        const codec::Rotation& rot = rotations_[size_t(layer) * nkv + g];
         for (Stream* st : {keys_.get(), values_.get()}) {
           if (!st->is_codec()) continue;
           const fp16_t* src = st->staged_of(layer, g).data() + size_t(first - base + p) * hd;
@@ -308,7 +361,7 @@ void TurboKvCache::encode_staged(int layer, ThreadPool& pool) {
             x[i] = scale ? centered * scale[i] : centered;
           }
           const float* enc_in = x;
-          if (st->rotated()) { rot.forward(x, xr); enc_in = xr; }
+          if (st->rotated()) { rotation(*st, layer, g).forward(x, xr); enc_in = xr; }
           if (tiered) {
             st->near_codec->encode_rotated(
                 enc_in, st->near_of(layer, g).data() + size_t(first - near_base + p) * st->near_record_bytes);
@@ -464,7 +517,7 @@ void TurboKvCache::prepare_queries(int layer, int t, int g, const float* q) {
   const Stream& K = *keys_;
   if (!K.is_codec()) return;  // FP16 keys are scored with the raw query
   const Calib& c = calib_[size_t(layer)];
-  const codec::Rotation& rot = rotations_[size_t(layer) * nkv + g];
+  const codec::Rotation& rot = rotation(K, layer, g);
   const float* kmean = c.key_mean.data() + size_t(g) * hd;
   const float* kinv = c.inv_key_scale.data() + size_t(g) * hd;
   const bool prod = K.codec->spec().kind == codec::CodecKind::Prod;
@@ -557,7 +610,6 @@ void TurboKvCache::attend_item(int layer, int t, int g, const float* q, float* o
   const int base = staged_base_[size_t(layer)];  // position of staged row 0
   const Stream& K = *keys_;
   const Stream& V = *values_;
-  const size_t head = size_t(layer) * nkv + g;
 
   // Nothing encoded (prefill of a two-phase cache): exactly the FP16 cache's
   // attention over the raw keys and values.
@@ -573,7 +625,6 @@ void TurboKvCache::attend_item(int layer, int t, int g, const float* q, float* o
   // space), then bring them to the original space once per head: o = R^T o_rot
   // + μv Σ p (the value mean was subtracted before encoding).
   const Calib& c = calib_[size_t(layer)];
-  const codec::Rotation& rot = rotations_[head];
   const float* vmean = c.value_mean.data() + size_t(g) * hd;
   const size_t first = item_jobs_[size_t(t) * nkv + g], last = item_jobs_[size_t(t) * nkv + g + 1];
   const int n_raw = n_pos - n_enc;
@@ -598,7 +649,7 @@ void TurboKvCache::attend_item(int layer, int t, int g, const float* q, float* o
     }
     float* o = out + (size_t(t) * nh + g * group + j) * hd;
     if (V.is_codec()) {
-      if (V.rotated()) rot.inverse(orot, o); else std::copy(orot, orot + hd, o);
+      if (V.rotated()) rotation(V, layer, g).inverse(orot, o); else std::copy(orot, orot + hd, o);
       for (int k = 0; k < hd; ++k) o[k] += vmean[k] * d;
     } else {
       std::copy(orot, orot + hd, o);
@@ -730,7 +781,7 @@ bool TurboKvCache::read_stream(const Stream& st, int layer, int g, int pos, floa
   } else {
     st.codec->decode_rotated(st.record(layer, g, pos), xr);
   }
-  if (st.rotated()) rotations_[size_t(layer) * shape_.n_kv_head + g].inverse(xr, out);
+  if (st.rotated()) rotation(st, layer, g).inverse(xr, out);
   else std::copy(xr, xr + hd, out);
   return true;
 }
@@ -747,6 +798,18 @@ void TurboKvCache::read_value(int layer, int g, int pos, float* out) const {
   const int hd = shape_.head_dim;
   const Calib& c = calib_[size_t(layer)];
   for (int i = 0; i < hd; ++i) out[i] += c.value_mean[size_t(g) * hd + i];
+}
+
+std::vector<int> TurboKvCache::outlier_channels(bool keys, int layer, int g) const {
+  const Calib& c = calib_.at(size_t(layer));
+  const std::vector<uint8_t>& flags = keys ? c.key_outliers : c.value_outliers;
+  std::vector<int> out;
+  if (flags.empty()) return out;
+  const int hd = shape_.head_dim;
+  for (int i = 0; i < hd; ++i) {
+    if (flags.at(size_t(g) * hd + i)) out.push_back(i);
+  }
+  return out;
 }
 
 size_t TurboKvCache::bytes() const {
@@ -771,6 +834,9 @@ size_t TurboKvCache::bytes() const {
         if (spec_.calibration != Calibration::None) total += nkv * hd * sizeof(uint8_t);  // round_log_scale codes
       }
       if (values_->is_codec() && spec_.center_values) total += nkv * hd * sizeof(fp16_t);
+      for (const Stream* st : {keys_.get(), values_.get()}) {
+        if (st->split()) total += nkv * codec::packed_bytes(hd, 1);  // the outlier channels, one bit each
+      }
     }
   }
   return total;
@@ -808,6 +874,15 @@ void TurboKvCache::save(CacheWriter& out) const {
     // Query statistics only matter until calibration (inverse scales are
     // recomputed exactly as calibrate() computes them).
     out.put_vector(c.done ? std::vector<double>() : c.q_sq_sum);
+    // Split streams: the outlier channels of each kv head, one bit each.
+    for (const std::vector<uint8_t>* flags : {&c.key_outliers, &c.value_outliers}) {
+      if (!(flags == &c.key_outliers ? keys_ : values_)->split()) continue;
+      std::vector<uint8_t> packed(flags->empty() ? 0 : size_t(nkv) * codec::packed_bytes(size_t(hd), 1));
+      for (size_t g = 0; !flags->empty() && g < size_t(nkv); ++g) {
+        codec::pack_bits(flags->data() + g * size_t(hd), size_t(hd), 1, packed.data() + g * codec::packed_bytes(size_t(hd), 1));
+      }
+      out.put_vector(packed);
+    }
   }
   for (const Stream* st : {keys_.get(), values_.get()}) {
     for (int l = 0; l < shape_.n_layer; ++l) {
@@ -886,6 +961,27 @@ void TurboKvCache::restore(CacheReader& in) {
       in.fail("layer " + std::to_string(l) + " is calibrated but its calibration state is missing");
     }
     if (enc > 0 && !c.done) in.fail("layer " + std::to_string(l) + " has encoded tokens but no calibration");
+    for (const Stream* st : {keys_.get(), values_.get()}) {
+      if (!st->split()) continue;
+      const bool is_key = st == keys_.get();
+      const size_t row = codec::packed_bytes(size_t(hd), 1);
+      const std::vector<uint8_t> packed = in.get_vector<uint8_t>(size_t(nkv) * row, "outlier channels");
+      if (packed.empty() != !c.done) {
+        in.fail("layer " + std::to_string(l) + (c.done ? " is calibrated but has no outlier channels"
+                                                       : " has outlier channels but no calibration"));
+      }
+      if (packed.empty()) continue;
+      std::vector<uint8_t>& flags = is_key ? c.key_outliers : c.value_outliers;
+      flags.resize(per_layer);
+      for (size_t g = 0; g < size_t(nkv); ++g) {
+        codec::unpack_bits(packed.data() + g * row, size_t(hd), 1, flags.data() + g * size_t(hd));
+        const int marked = int(std::count(flags.begin() + std::ptrdiff_t(g * hd), flags.begin() + std::ptrdiff_t((g + 1) * hd), uint8_t(1)));
+        if (marked != st->spec.outliers) {
+          in.fail("layer " + std::to_string(l) + " kv head " + std::to_string(g) + " marks " + std::to_string(marked) + " " +
+                  (is_key ? "key" : "value") + " outlier channels; the scheme has " + std::to_string(st->spec.outliers));
+        }
+      }
+    }
   }
   struct StreamState {
     std::vector<uint8_t> records;             // (layer, kv_head, far, record_bytes)
@@ -947,6 +1043,9 @@ void TurboKvCache::restore(CacheReader& in) {
   calib_ = std::move(calib);
   n_tokens_ = n;
   tokens_encoded_ = encoded_total;
+  for (int l = 0; l < nl; ++l) {
+    if (calib_[size_t(l)].done) build_split_rotations(l);
+  }
 }
 
 }  // namespace turbokv::kv

@@ -37,6 +37,16 @@
 //         minimised (Cauchy–Schwarz) by s_j² ∝ sqrt(E[q_j²] / Var[k_j]):
 //         precision goes where queries look. `calib=key` whitens instead
 //         (s_j = 1/std), `calib=none` keeps s = 1.
+//   outlier channels (options outliers=N, voutliers=N): the N channels that
+//         carry the most of what a stream encodes (keys: s_j^2 Var[k_j], the
+//         channels where both keys vary and queries look; values: Var[v_j])
+//         are moved to the front and rotated apart from the rest
+//         (Rotation::make_split) into a split record, N coordinates at one
+//         more bit (codec/format.h). With a per-vector scale the squared
+//         error of a part is about its energy times the codebook's
+//         distortion, so a bit spent there removes 3/4 of the error where
+//         most of the energy is. The stream's rotation for (layer, g) is
+//         then that split rotation instead of R_g.
 #pragma once
 
 #include <cstdint>
@@ -83,6 +93,10 @@ class TurboKvCache final : public KvCache {
   // exactly what attention uses for that position.   out: (head_dim)
   void read_key(int layer, int kv_head, int pos, float* out) const;
   void read_value(int layer, int kv_head, int pos, float* out) const;
+  // The channels of (layer, kv_head) a split stream (outliers= for keys,
+  // voutliers= for values) stores at one more bit, ascending; empty before
+  // the layer is calibrated or without outlier channels.
+  std::vector<int> outlier_channels(bool keys, int layer, int kv_head) const;
 
  private:
   struct Stream;
@@ -94,6 +108,10 @@ class TurboKvCache final : public KvCache {
   bool read_stream(const Stream& st, int layer, int g, int pos, float* out) const;
   void encode_staged(int layer, ThreadPool& pool);
   void calibrate(int layer);
+  // The rotation a stream's records of (layer, g) are in: R_g, or the split
+  // rotation of a stream with outlier channels (built at calibration).
+  const codec::Rotation& rotation(const Stream& st, int layer, int g) const;
+  void build_split_rotations(int layer);
   // Encoded positions token t of the batch reads as records; it reads the
   // rest, the newest `window` positions among them, raw.
   int encoded_for(int layer, int t) const;
@@ -153,6 +171,9 @@ class TurboKvCache final : public KvCache {
   struct Calib {
     bool done = false;
     std::vector<float> key_mean, key_scale, inv_key_scale, value_mean;
+    // Split streams: (n_kv_head, head_dim), 1 marks an outlier channel
+    // (stored and counted as one bit a channel); empty otherwise.
+    std::vector<uint8_t> key_outliers, value_outliers;
     std::vector<double> q_sq_sum;  // (n_kv_head, head_dim) Σ q_j² over queries seen
     int64_t q_count = 0;
   };

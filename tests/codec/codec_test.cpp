@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <tuple>
 #include <vector>
 
 #include "codec/bitpack.h"
@@ -307,6 +308,74 @@ TEST(Codec, BadSpecsThrow) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("affine bits must be 4 or 8"), std::string::npos) << e.what();
   }
+}
+
+// A split record is the two parts' records side by side: the first `split`
+// coordinates at one more bit, the rest at the spec's bits, each encoded,
+// decoded and dotted exactly as a codec of its own.
+TEST(Codec, SplitRecordIsItsTwoPartsSideBySide) {
+  Rng rng(41);
+  for (const auto& [base, d, k] : {std::tuple{spec(CodecKind::Mse, 3), 128, 32}, std::tuple{spec(CodecKind::Mse, 2), 96, 16},
+                                   std::tuple{spec(CodecKind::Group, 4, 16), 80, 16}, std::tuple{spec(CodecKind::Mse, 8), 64, 8}}) {
+    CodecSpec s = base;
+    s.split = k;
+    s.scale_search = true;
+    const Codec codec(s, d);
+    const Codec hi(split_part(s, 0), k), lo(split_part(s, 1), d - k);
+    EXPECT_EQ(hi.spec().bits, std::min(8, base.bits + 1));
+    ASSERT_EQ(codec.record_bytes(), hi.record_bytes() + lo.record_bytes());
+    EXPECT_EQ(codec.layout().split_offset, hi.record_bytes());
+    EXPECT_EQ(codec.parts().size(), 2u);
+    EXPECT_EQ(codec.codebook(), nullptr);
+    for (int t = 0; t < 5; ++t) {
+      const std::vector<float> x = gaussian(rng, d), q = gaussian(rng, d);
+      std::vector<uint8_t> rec(codec.record_bytes()), want(codec.record_bytes());
+      codec.encode_rotated(x.data(), rec.data());
+      hi.encode_rotated(x.data(), want.data());
+      lo.encode_rotated(x.data() + k, want.data() + hi.record_bytes());
+      ASSERT_EQ(rec, want) << "d " << d << " split " << k;
+      std::vector<float> got(static_cast<size_t>(d)), part(static_cast<size_t>(d));
+      codec.decode_rotated(rec.data(), got.data());
+      hi.decode_rotated(want.data(), part.data());
+      lo.decode_rotated(want.data() + hi.record_bytes(), part.data() + k);
+      ASSERT_EQ(got, part);
+      float dot = 0;
+      for (int i = 0; i < d; ++i) dot += q[size_t(i)] * got[size_t(i)];
+      EXPECT_NEAR(codec.dot_rotated(q.data(), rec.data()), dot, 1e-4f * (1.0f + std::abs(dot)));
+    }
+  }
+  // A part with more energy gets proportionally more error without the
+  // extra bit: with the high-energy coordinates in the first part, the split
+  // record's error is below the plain one's.
+  CodecSpec plain = spec(CodecKind::Mse, 3), split = plain;
+  split.split = 16;
+  const Codec a(plain, 128), b(split, 128);
+  double ea = 0, eb = 0;
+  for (int t = 0; t < 50; ++t) {
+    std::vector<float> x = gaussian(rng, 128);
+    for (int i = 0; i < 16; ++i) x[size_t(i)] *= 6.0f;
+    std::vector<uint8_t> ra(a.record_bytes()), rb(b.record_bytes());
+    std::vector<float> xa(128), xb(128);
+    a.encode_rotated(x.data(), ra.data());
+    b.encode_rotated(x.data(), rb.data());
+    a.decode_rotated(ra.data(), xa.data());
+    b.decode_rotated(rb.data(), xb.data());
+    for (int i = 0; i < 128; ++i) {
+      ea += (xa[size_t(i)] - x[size_t(i)]) * (xa[size_t(i)] - x[size_t(i)]);
+      eb += (xb[size_t(i)] - x[size_t(i)]) * (xb[size_t(i)] - x[size_t(i)]);
+    }
+  }
+  EXPECT_LT(eb, 0.5 * ea);
+}
+
+TEST(Codec, BadSplitsThrow) {
+  auto with_split = [](CodecSpec s, int k) { s.split = k; return s; };
+  EXPECT_THROW(Codec(with_split(spec(CodecKind::Prod, 3), 32), 128), Error);
+  EXPECT_THROW(Codec(with_split(spec(CodecKind::Affine, 4), 64), 128), Error);
+  EXPECT_THROW(Codec(with_split(spec(CodecKind::Mse, 3), 128), 128), Error);
+  EXPECT_THROW(Codec(with_split(spec(CodecKind::Mse, 3), -4), 128), Error);
+  EXPECT_THROW(Codec(with_split(spec(CodecKind::Group, 3, 64), 32), 128), Error);  // 64 does not divide 32
+  EXPECT_NO_THROW(Codec(with_split(spec(CodecKind::Group, 3, 32), 32), 128));
 }
 
 TEST(Codec, NonFiniteInputThrows) {

@@ -1,6 +1,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <utility>
 #include <vector>
 
 #include "codec/rotation.h"
@@ -59,6 +60,28 @@ TEST(Rotation, EveryKindOrthogonalAndInvertible) {
   check_orthogonal(Rotation::make(6, 9, 0, 0, RotationKind::BlockHadamard));
 }
 
+// A split rotation moves the listed channels to the front and rotates the
+// two parts apart: orthogonal, and coordinates [0, split) of R x depend only
+// on the channels listed first.
+TEST(Rotation, SplitIsOrthogonalAndKeepsThePartsApart) {
+  for (const auto& [d, k] : {std::pair{128, 32}, std::pair{96, 16}, std::pair{80, 40}, std::pair{8, 3}}) {
+    std::vector<uint32_t> order(static_cast<size_t>(d));
+    for (int i = 0; i < d; ++i) order[size_t(i)] = uint32_t(i);
+    // A random permutation: the first k channels spread over the vector.
+    Rng prng(static_cast<uint64_t>(d));
+    for (int i = d - 1; i > 0; --i) std::swap(order[size_t(i)], order[size_t(prng.next_u64() % uint64_t(i + 1))]);
+    const Rotation r = Rotation::make_split(order, k, 1, 2, 3);
+    EXPECT_EQ(r.kind(), RotationKind::Split);
+    check_orthogonal(r);
+    Rng rng(7);
+    std::vector<float> x = gaussian(rng, d), y(static_cast<size_t>(d)), y2(static_cast<size_t>(d));
+    r.forward(x.data(), y.data());
+    for (int i = k; i < d; ++i) x[order[size_t(i)]] += 5.0f;  // move only the second part's channels
+    r.forward(x.data(), y2.data());
+    for (int i = 0; i < k; ++i) EXPECT_EQ(y[size_t(i)], y2[size_t(i)]) << "d " << d;
+  }
+}
+
 TEST(Rotation, FactoryPicksByDimension) {
   EXPECT_EQ(Rotation::make(128, 0).kind(), RotationKind::Hadamard);
   EXPECT_EQ(Rotation::make(8, 0).kind(), RotationKind::Hadamard);
@@ -104,6 +127,18 @@ TEST(Rotation, SpreadsEnergyForBlockDims) {
     blocks += energy > 1e-6;
   }
   EXPECT_GE(blocks, 4);
+}
+
+TEST(Rotation, BadSplitArguments) {
+  std::vector<uint32_t> order{0, 1, 2, 3, 4, 5, 6, 7};
+  EXPECT_NO_THROW(Rotation::make_split(order, 4, 1));
+  EXPECT_THROW(Rotation::make_split(order, 0, 1), Error);
+  EXPECT_THROW(Rotation::make_split(order, 8, 1), Error);
+  order[3] = 2;  // not a permutation
+  EXPECT_THROW(Rotation::make_split(order, 4, 1), Error);
+  order[3] = 8;
+  EXPECT_THROW(Rotation::make_split(order, 4, 1), Error);
+  EXPECT_THROW(Rotation::make(8, 1, 0, 0, RotationKind::Split), Error);
 }
 
 TEST(Rotation, BadArguments) {

@@ -29,7 +29,8 @@ namespace {
 const std::vector<std::string> kSchemes = {"fp16",     "f32",           "affine4",
                                            "turbo0v4", "turbo4",        "turbo3",
                                            "turbo4v2", "turbo4:strict", "turbo3:near=5",
-                                           "turbo4:window=1:near=3:nearbits=8"};
+                                           "turbo4:window=1:near=3:nearbits=8",
+                                           "turbo3:outliers=32:voutliers=16"};
 
 CacheShape test_shape(int max_tokens = 48) {
   CacheShape s;

@@ -1,8 +1,10 @@
 // Tests of the TurboQuant cache (kv/turbo_cache.h) and scheme names (kv/scheme.h).
 #include "kv/turbo_cache.h"
 
+#include <algorithm>
 #include <cmath>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -121,13 +123,21 @@ TEST(Scheme, ParsesEveryListedName) {
   EXPECT_EQ(parse_scheme("turbo3").near, kTurboNear);
   EXPECT_EQ(parse_scheme("turbo8").near, 0);
   EXPECT_EQ(parse_scheme("turbo8").window, kTurboWindowAlone);
+  s = parse_scheme("turbo3:outliers=32:voutliers=16");
+  EXPECT_EQ(s.key.outliers, 32);
+  EXPECT_EQ(s.value.outliers, 16);
+  EXPECT_EQ(SchemeSpec::resolve_codec(s.key, 128).split, 32);
+  EXPECT_EQ(SchemeSpec::resolve_codec(s.key, 128).kind, codec::CodecKind::Mse);  // groups of 128 do not fit 32 + 96
+  EXPECT_EQ(SchemeSpec::resolve_codec(parse_scheme("turbo0v4:voutliers=16").value, 128).kind, codec::CodecKind::Group);
+  EXPECT_FALSE(parse_scheme("turbo3:outliers=32").key == parse_scheme("turbo3").key);
 }
 
 TEST(Scheme, BadNamesNameTheProblemAndListTheForms) {
   for (const char* bad : {"turbo3:fp16layers=", "turbo3:fp16layers=3-1", "turbo3:fp16layers=a", "turbo3:fp16layers=1+",
                           "fp16:window=4", "f32:strict:center=0", "fp16/fp16:fp16layers=0", "turbo4:nearbits=3",
                           "turbo3:near=-1", "turbo3:nearbits=9", "fp16:near=4", "turbo4:codebook=gaussian",
-                          "mse4/mse4:codebook=normal"}) {
+                          "mse4/mse4:codebook=normal", "turbo0v4:outliers=8", "affine4:outliers=8",
+                          "prod4/prod4:voutliers=8", "turbo3:outliers=-1", "turbo3:voutliers=x"}) {
     EXPECT_THROW(parse_scheme(bad), Error) << bad;
   }
   for (const char* bad : {"turbo5", "turbo4v7", "turbo0v0", "q4_0", "", "turbo", "turbo4:frob=1",
@@ -160,9 +170,13 @@ TEST(TurboCache, DecodeEqualsExplicitDequantizeReference) {
   for (int hd : {8, 64, 80, 96, 128, 256}) {
     for (const char* scheme : {"turbo4", "turbo3", "turbo2", "turbo0v4", "turbo4v2", "affine8",
                                "prod4/group4", "turbo4:calib=key", "turbo4:center=0:calib=none:vcenter=1",
-                               "turbo3:near=5", "turbo4v2:window=1:near=4:nearbits=8", "turbo0v4:near=6"}) {
+                               "turbo3:near=5", "turbo4v2:window=1:near=4:nearbits=8", "turbo0v4:near=6",
+                               "turbo3:outliers=16:voutliers=32", "turbo0v4:voutliers=16", "mse4/group4:outliers=8:near=3"}) {
       SchemeSpec spec = parse_scheme(scheme);
-      if (codec::spec_problem(spec.key.codec, hd) || codec::spec_problem(spec.value.codec, hd)) continue;
+      auto serves = [&](const StreamSpec& st) {
+        return st.kind != StreamKind::Codec || !codec::spec_problem(SchemeSpec::resolve_codec(st, hd), hd);
+      };
+      if (!serves(spec.key) || !serves(spec.value)) continue;
       const CacheShape s = shape_of(4, 2, hd, 48);
       const Inputs in = make_inputs(s, 30, 2, true);
       TurboKvCache cache(spec, s);
@@ -234,6 +248,64 @@ TEST(TurboCache, CenteringAndCalibrationReduceKeyError) {
   EXPECT_LT(calibrated, plain);
 }
 
+// Outlier channels: the channels a split stream stores at one more bit are
+// those with the most energy in what is encoded (keys: s_j^2 Var[k_j], here
+// the 8 channels of make_inputs scaled by 8; values: Var[v_j]), and giving
+// them the bit lowers the attention error.
+TEST(TurboCache, OutlierChannelsAreTheHighEnergyOnesAndHelp) {
+  ThreadPool pool(1);
+  const CacheShape s = shape_of(4, 2, 128, 300, 1);
+  Inputs in = make_inputs(s, 300, 4, true);
+  std::vector<int> loud_values;  // value channels with 5x the spread
+  for (int c = 5; c < 128; c += 11) loud_values.push_back(c);
+  for (size_t i = 0; i < in.v.size(); ++i) {
+    if (std::find(loud_values.begin(), loud_values.end(), int(i % 128)) != loud_values.end()) in.v[i] *= 5.0f;
+  }
+  std::vector<int> loud_keys;
+  for (int c = 3; c < 128; c += 17) loud_keys.push_back(c);
+  auto error_of = [&](const char* scheme, bool check_channels) {
+    TurboKvCache cache(parse_scheme(scheme), s);
+    F32KvCache ex(s);
+    step(cache, in, 0, 256, Phase::Prefill, pool);
+    step(ex, in, 0, 256, Phase::Prefill, pool);
+    double e = 0;
+    for (int t = 256; t < 300; ++t) {
+      e += rel_error(step(cache, in, t, 1, Phase::Decode, pool), step(ex, in, t, 1, Phase::Decode, pool));
+    }
+    if (check_channels) {
+      for (int g = 0; g < 2; ++g) {
+        EXPECT_EQ(cache.outlier_channels(true, 0, g), loud_keys) << scheme;
+        EXPECT_EQ(cache.outlier_channels(false, 0, g), loud_values) << scheme;
+      }
+    }
+    return e;
+  };
+  const std::string loud_k = std::to_string(loud_keys.size()), loud_v = std::to_string(loud_values.size());
+  EXPECT_LT(error_of(("turbo3/fp16:outliers=" + loud_k).c_str(), false), error_of("turbo3/fp16", false));
+  EXPECT_LT(error_of(("fp16/turbo3:voutliers=" + loud_v).c_str(), false), error_of("fp16/turbo3", false));
+  error_of(("turbo3:outliers=" + loud_k + ":voutliers=" + loud_v).c_str(), true);
+  TurboKvCache plain(parse_scheme("turbo3"), s);
+  step(plain, in, 0, 20, Phase::Prefill, pool);
+  step(plain, in, 20, 1, Phase::Decode, pool);
+  EXPECT_TRUE(plain.outlier_channels(true, 0, 0).empty());
+}
+
+// The bits of a split stream: records of two parts plus one bit a channel
+// marking the outlier channels, counted by bytes() and bits_at() alike.
+TEST(TurboCache, OutlierChannelsAreCountedExactly) {
+  ThreadPool pool(1);
+  const CacheShape s = shape_of(4, 2, 128, 300, 2);
+  const Inputs in = make_inputs(s, 300, 4, true);
+  const SchemeSpec spec = parse_scheme("turbo3:outliers=32:voutliers=16");
+  TurboKvCache cache(spec, s);
+  step(cache, in, 0, 256, Phase::Prefill, pool);
+  step(cache, in, 256, 1, Phase::Decode, pool);
+  EXPECT_NEAR(cache.bits_per_element(), spec.bits_at(128, 257), 1e-9);
+  // Keys: 32 channels at 4 bits + 96 at 3, one least-squares norm each part.
+  EXPECT_DOUBLE_EQ(SchemeSpec::stream_bits(spec.key, 128), 8.0 * ((2 + 16) + (2 + 36)) / 128);
+  EXPECT_GT(cache.bits_per_element(), parse_scheme("turbo3").bits_at(128, 257));
+}
+
 TEST(TurboCache, GqaMappingReadsTheRightKvHead) {
   ThreadPool pool(2);
   for (auto [nh, nkv] : {std::pair{4, 4}, std::pair{4, 2}, std::pair{8, 2}, std::pair{4, 1}}) {
@@ -275,7 +347,8 @@ TEST(TurboCache, DecodeBatchEqualsSingleTokenSteps) {
   const CacheShape s = shape_of(8, 1, 64, depth + k + 1, 1);  // GQA 8: one job piece per token
   const Inputs in = make_inputs(s, depth + k, 4, true);
   const size_t row = size_t(s.n_head) * s.head_dim;
-  for (const char* scheme : {"turbo4", "turbo3", "turbo0v4", "turbo4:window=5", "turbo4:near=0", "turbo3:near=3"}) {
+  for (const char* scheme : {"turbo4", "turbo3", "turbo0v4", "turbo4:window=5", "turbo4:near=0", "turbo3:near=3",
+                             "turbo3:outliers=16:voutliers=16"}) {
     TurboKvCache batched(parse_scheme(scheme), s), single(parse_scheme(scheme), s);
     for (TurboKvCache* c : {&batched, &single}) {
       step(*c, in, 0, depth - 1, Phase::Prefill, pool);

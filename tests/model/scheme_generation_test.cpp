@@ -126,9 +126,10 @@ TEST_F(RealModel, EveryListedSchemeGeneratesText) {
 }
 
 // Greedy decoding through compressed caches against FP16 on the golden
-// prompts, 32 tokens. turbo8 matches exactly. turbo0v4 and turbo4 may leave
-// FP16 only at a near-tie of FP16's own, where its top-2 logits are closer
-// than kNearTie: their logit errors are a few hundredths (turbo0v4's KLD of
+// prompts, 32 tokens. turbo8 matches exactly on all three prompts and
+// turbo0v4 on the first two (issue 4's criterion). Elsewhere turbo0v4 and
+// turbo4 may leave FP16 only at a near-tie of FP16's own, where its top-2
+// logits are closer than kNearTie: their logit errors are a few hundredths (turbo0v4's KLD of
 // 0.0009 nats is an error of about 0.04 logits), so such calls can go either
 // way, and 8-bit affine flips one of them too. Measured with the submitted
 // defaults: turbo0v4 matches 32 tokens on the first two prompts and leaves
@@ -149,7 +150,9 @@ TEST_F(RealModel, CompressedCachesFollowFp16Greedy) {
       while (k < 32 && g.tokens[k] == ref.tokens[k]) ++k;
       std::printf("%s on '%s': first difference at token %zu (FP16 margin %.4f)\n", scheme, text, k,
                   k < 32 ? ref.margins[k] : 0.0f);
-      if (std::string(scheme) == "turbo8") {
+      const bool exact = std::string(scheme) == "turbo8" ||
+                         (std::string(scheme) == "turbo0v4" && std::string(text) != "CHAPTER I");
+      if (exact) {
         EXPECT_EQ(k, 32u) << scheme << " left FP16 at token " << k << " of '" << text << "'";
       } else if (k < 32) {
         EXPECT_LT(ref.margins[k], kNearTie) << scheme << " left FP16 at a confident token " << k << " of '" << text << "'";
