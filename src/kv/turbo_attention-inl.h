@@ -461,6 +461,7 @@ inline bool PlanFused(const codec::Codec& codec, int hd, FusedPlan& plan) {
 #else
   const codec::CodecSpec& s = codec.spec();
   bool ok = false;
+  if (s.split != 0) return false;  // split records: two layouts in one record
   if (s.kind == codec::CodecKind::Mse) {
     ok = PlanKind<false>(s.bits, hd, hd, codec.record_bytes(), plan);
   } else if (s.kind == codec::CodecKind::Group && s.effective_group() >= hd) {

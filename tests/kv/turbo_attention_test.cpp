@@ -3,12 +3,14 @@
 #include "kv/turbo_attention.h"
 
 #include <cmath>
+#include <cstdio>
 #include <string>
 #include <vector>
 
 #include <gtest/gtest.h>
 
 #include "codec/codec.h"
+#include "hwy/targets.h"
 #include "util/rng.h"
 
 namespace turbokv::kv::detail {
@@ -102,6 +104,10 @@ void check(const Case& c, StreamRead key_read = StreamRead::Fused, StreamRead va
 codec::CodecSpec mse(int b) { return {codec::CodecKind::Mse, b, 0, codec::MseCodebook::Sphere}; }
 codec::CodecSpec group(int b, int g) { return {codec::CodecKind::Group, b, g, codec::MseCodebook::Sphere}; }
 
+codec::CodecSpec split_spec(codec::CodecSpec s, int k) {
+  s.split = k;
+  return s;
+}
 const int kHeadDims[] = {8, 64, 80, 96, 128, 256};
 const int kBits[] = {2, 3, 4, 8};
 const int kGqa[] = {1, 2, 4, 8};
@@ -140,6 +146,26 @@ TEST(TurboAttention, OffsetsPiecesAndMixedLayouts) {
   check({group(2, 128), mse(8), 256, 1, 1, 2});
 }
 
+// Every instruction set this build dispatches to that the CPU runs (AVX-512,
+// AVX2, SSE4, ... as available), not only the best one: each has its own
+// chunk geometry and centroid lookup (one 16-lane permute for a 4-bit
+// codebook on AVX-512, two 8-lane permutes and a select on AVX2).
+TEST(TurboAttention, EveryTargetMatchesReference) {
+  for (const int64_t target : hwy::SupportedAndGeneratedTargets()) {
+    hwy::SetSupportedTargetsForTest(target);
+    SCOPED_TRACE(hwy::TargetName(target));
+    std::printf("target %s\n", hwy::TargetName(target));
+    for (int hd : {64, 80, 128}) {
+      for (int b : kBits) {
+        for (int nq : {1, 2, 4}) check({mse(b), mse(b), hd, nq, 0, 67});
+        check({group(b, 16), group(b, 16), hd, 2, 5, 70});
+      }
+    }
+    check({mse(4), split_spec(mse(3), 32), 128, 2, 0, 40});
+  }
+  hwy::SetSupportedTargetsForTest(0);
+}
+
 // prod and affine keys/values take the codec's scalar path inside the kernel.
 TEST(TurboAttention, ScalarFallbacksMatchReference) {
   const codec::CodecSpec prod{codec::CodecKind::Prod, 4, 0, codec::MseCodebook::Sphere};
@@ -147,6 +173,9 @@ TEST(TurboAttention, ScalarFallbacksMatchReference) {
   check({prod, mse(4), 64, 4, 0, 17}, StreamRead::Codec, StreamRead::Fused);
   check({mse(4), affine, 128, 2, 3, 300}, StreamRead::Fused, StreamRead::Codec);
   check({mse(4), mse(4), 128, 2, 0, 100}, StreamRead::Codec, StreamRead::Codec);
+  // Split records (outlier channels) are never fused.
+  EXPECT_FALSE(fused_layout_supported(codec::Codec(split_spec(mse(3), 32), 128)));
+  check({split_spec(mse(3), 32), split_spec(group(2, 16), 16), 128, 4, 0, 90}, StreamRead::Codec, StreamRead::Codec);
 }
 
 }  // namespace
