@@ -191,8 +191,8 @@ HWY_INLINE void Sum4(DF df, V a, V b, V c, V d, float* HWY_RESTRICT out) {
 
 // Dots of R records r0.. with NQ query heads: acc[rr * NQ + j].
 template <int B, bool kGroup, int NQ, int R, class DF>
-HWY_INLINE void DotRecords(DF df, const uint8_t* HWY_RESTRICT rec, size_t rec_bytes, uint32_t index_offset, int hd,
-                           int group, const float* HWY_RESTRICT qp, const Centroids<B, DF>& centroids,
+HWY_INLINE void DotRecords(DF df, const uint8_t* HWY_RESTRICT rec, size_t rec_bytes, uint32_t index_offset, int dim,
+                           int stride, int group, const float* HWY_RESTRICT qp, const Centroids<B, DF>& centroids,
                            hn::Vec<DF>* acc) {
   const hn::Rebind<int32_t, DF> di;
   const hn::Rebind<uint8_t, DF> du8;
@@ -201,7 +201,7 @@ HWY_INLINE void DotRecords(DF df, const uint8_t* HWY_RESTRICT rec, size_t rec_by
   constexpr int E = N * S;
   constexpr int kChunkBytes = E * B / 8;
   for (int v = 0; v < R * NQ; ++v) acc[v] = hn::Zero(df);
-  const int n_chunks = hd / E;
+  const int n_chunks = dim / E;
   const LaneGroups<S, DF> lane_groups(df, group);
   hn::Vec<DF> scales[R];  // (R) the records' group scales
   for (int rr = 0; rr < R; ++rr) scales[rr] = kGroup ? RecordScales(df, rec + rr * rec_bytes) : hn::Zero(df);
@@ -230,7 +230,7 @@ HWY_INLINE void DotRecords(DF df, const uint8_t* HWY_RESTRICT rec, size_t rec_by
     for (int k = 0; k < S; ++k) {
       const float* q = qp + c * E + k * N;
       hn::Vec<DF> qv[NQ];
-      for (int j = 0; j < NQ; ++j) qv[j] = hn::LoadU(df, q + size_t(j) * hd);
+      for (int j = 0; j < NQ; ++j) qv[j] = hn::LoadU(df, q + size_t(j) * stride);
       for (int rr = 0; rr < R; ++rr) {
         hn::Vec<decltype(di)> idx;
         if constexpr (kWords) idx = Words3<decltype(di)>::Sub(di, words[rr], k); else idx = hn::PromoteTo(di, iv[rr][k]);
@@ -251,12 +251,13 @@ HWY_INLINE void DotRecords(DF df, const uint8_t* HWY_RESTRICT rec, size_t rec_by
   }
 }
 
-// Raw dots <q_j, x̂(r)> of n records with NQ query heads (chunk order).
-// R records per step keep R * NQ >= 4 independent FMA chains in flight and
-// reduce them four at a time.   qp: (NQ, hd)   dots: (NQ, kBlock)
+// Raw dots <q_j, x̂(r)> of n records with NQ query heads (chunk order), over
+// the dim elements of a record (part) that starts at rec0 and repeats every
+// rec_bytes. R records per step keep R * NQ >= 4 independent FMA chains in
+// flight and reduce them four at a time.   qp: (NQ, stride)   dots: (NQ, kBlock)
 template <int B, bool kGroup, int NQ, size_t kN>
-void ScoreRecords(const uint8_t* HWY_RESTRICT rec0, size_t rec_bytes, uint32_t index_offset, int n, int hd,
-                  int group, const float* HWY_RESTRICT qp, const float* HWY_RESTRICT table,
+void ScoreRecords(const uint8_t* HWY_RESTRICT rec0, size_t rec_bytes, uint32_t index_offset, int n, int dim,
+                  int stride, int group, const float* HWY_RESTRICT qp, const float* HWY_RESTRICT table,
                   float* HWY_RESTRICT dots) {
   using DF = hn::CappedTag<float, kN>;
   const DF df;
@@ -279,7 +280,7 @@ void ScoreRecords(const uint8_t* HWY_RESTRICT rec0, size_t rec_bytes, uint32_t i
     for (; r + R <= n; r += R) {
       const uint8_t* rec = rec0 + size_t(r) * rec_bytes;
       hn::Vec<DF> acc[R * NQ];
-      DotRecords<B, kGroup, NQ, R>(df, rec, rec_bytes, index_offset, hd, group, qp, centroids, acc);
+      DotRecords<B, kGroup, NQ, R>(df, rec, rec_bytes, index_offset, dim, stride, group, qp, centroids, acc);
       alignas(64) float sums[R * NQ];
       if constexpr (R == 4) {  // sums (NQ, 4): head j's dots of records r..r+3
         alignas(16) float norms[4];
@@ -302,7 +303,7 @@ void ScoreRecords(const uint8_t* HWY_RESTRICT rec0, size_t rec_bytes, uint32_t i
   for (; r < n; ++r) {
     const uint8_t* rec = rec0 + size_t(r) * rec_bytes;
     hn::Vec<DF> acc[NQ];
-    DotRecords<B, kGroup, NQ, 1>(df, rec, rec_bytes, index_offset, hd, group, qp, centroids, acc);
+    DotRecords<B, kGroup, NQ, 1>(df, rec, rec_bytes, index_offset, dim, stride, group, qp, centroids, acc);
     const float norm = kGroup ? 1.0f : Fp16At(rec);
     for (int j = 0; j < NQ; ++j) dots[j * kBlock + r] = norm * hn::GetLane(hn::SumOfLanes(df, acc[j]));
   }
@@ -315,10 +316,10 @@ void ScoreRecords(const uint8_t* HWY_RESTRICT rec0, size_t rec_bytes, uint32_t i
 // folded into the weights, so the FMAs take broadcast weights straight from
 // memory; chunks spanning groups (kSpan) multiply by per-lane scales instead.
 // With several passes per chunk the indices are widened to bytes once.
-//   w: (NQ, kBlock)   op: (NQ, hd)
+//   w: (NQ, kBlock)   op: (NQ, stride), dim elements of each row
 template <int B, bool kGroup, bool kSpan, int NQ, size_t kN>
-void AccumulateRecords(const uint8_t* HWY_RESTRICT rec0, size_t rec_bytes, uint32_t index_offset, int n, int hd,
-                       int group, const float* HWY_RESTRICT w, const float* HWY_RESTRICT table,
+void AccumulateRecords(const uint8_t* HWY_RESTRICT rec0, size_t rec_bytes, uint32_t index_offset, int n, int dim,
+                       int stride, int group, const float* HWY_RESTRICT w, const float* HWY_RESTRICT table,
                        float* HWY_RESTRICT op) {
   using DF = hn::CappedTag<float, kN>;
   const DF df;
@@ -344,7 +345,7 @@ void AccumulateRecords(const uint8_t* HWY_RESTRICT rec0, size_t rec_bytes, uint3
     }
   };
   if constexpr (!kGroup || kSpan) fold(0);
-  const int n_chunks = hd / E;
+  const int n_chunks = dim / E;
   const LaneGroups<S, DF> lane_groups(df, group);
   [[maybe_unused]] const Words3<decltype(di)> words3(di);
   int folded_group = -1;
@@ -390,7 +391,7 @@ void AccumulateRecords(const uint8_t* HWY_RESTRICT rec0, size_t rec_bytes, uint3
       }
       for (int j = 0; j < NQ; ++j) {
         for (int kk = 0; kk < KH; ++kk) {
-          float* o = op + size_t(j) * hd + c * E + (k0 + kk) * N;
+          float* o = op + size_t(j) * stride + c * E + (k0 + kk) * N;
           hn::StoreU(hn::Add(hn::LoadU(df, o), acc[j * KH + kk]), df, o);
         }
       }
@@ -398,17 +399,21 @@ void AccumulateRecords(const uint8_t* HWY_RESTRICT rec0, size_t rec_bytes, uint3
   }
 }
 
-using ScoreFn = void (*)(const uint8_t*, size_t, uint32_t, int, int, int, const float*, const float*, float*);
-using AccumulateFn = void (*)(const uint8_t*, size_t, uint32_t, int, int, int, const float*, const float*, float*);
+using ScoreFn = void (*)(const uint8_t*, size_t, uint32_t, int, int, int, int, const float*, const float*, float*);
+using AccumulateFn = void (*)(const uint8_t*, size_t, uint32_t, int, int, int, int, const float*, const float*, float*);
 
-// A fused reader of one stream: the kernels and the chunk order they use.
+// A fused reader of one record, or of one part of a split record: the
+// kernels and the chunk order they use, and where the part lies.
 struct FusedPlan {
   int lanes = 0, sub = 0, chunk = 0;  // N, S, E
   ScoreFn score[3] = {};              // NQ = 1, 2, 4
   AccumulateFn accumulate[3] = {};    // NQ = 1, 2, 4
-  int group = 0;                      // group: G; mse: head_dim (unused)
-  uint32_t index_offset = 0;
-  size_t record_bytes = 0;
+  int group = 0;                      // group: G; mse: the part's dimension (unused)
+  uint32_t index_offset = 0;          // from the part's first byte
+  size_t record_bytes = 0;            // the whole record: the stride between positions
+  int offset = 0, dim = 0;            // elements [offset, offset + dim) of the vector
+  uint32_t part_offset = 0;           // the part's first byte in the record
+  const codec::Codec* codec = nullptr;  // the part's codec (its codebook)
 };
 
 template <int B, bool kGroup, size_t kN>
@@ -453,15 +458,11 @@ bool PlanKind(int bits, int hd, int group, size_t record_bytes, FusedPlan& plan)
   }
 }
 
-// Plans a fused read of `codec`'s records; false: use the scalar reader.
-inline bool PlanFused(const codec::Codec& codec, int hd, FusedPlan& plan) {
-#if HWY_TARGET == HWY_SCALAR
-  (void)codec, (void)hd, (void)plan;
-  return false;  // one-lane vectors: the codec's scalar path is as good
-#else
+#if HWY_TARGET != HWY_SCALAR
+// Plans a fused read of one record layout (not split) of dimension hd.
+inline bool PlanLayout(const codec::Codec& codec, int hd, FusedPlan& plan) {
   const codec::CodecSpec& s = codec.spec();
   bool ok = false;
-  if (s.split != 0) return false;  // split records: two layouts in one record
   if (s.kind == codec::CodecKind::Mse) {
     ok = PlanKind<false>(s.bits, hd, hd, codec.record_bytes(), plan);
   } else if (s.kind == codec::CodecKind::Group && s.effective_group() >= hd) {
@@ -476,19 +477,51 @@ inline bool PlanFused(const codec::Codec& codec, int hd, FusedPlan& plan) {
   plan.group = s.kind == codec::CodecKind::Group ? std::min(s.effective_group(), hd) : hd;
   plan.index_offset = codec.layout().index_offset;
   plan.record_bytes = codec.record_bytes();
+  plan.dim = hd;
+  plan.codec = &codec;
   return true;
+}
+#endif
+
+// Plans a fused read of `codec`'s records: one part, or the two parts of a
+// split record (outlier channels), each read by its own kernels and
+// codebook; the number of parts, 0 where the scalar reader must be used.
+inline int PlanFused(const codec::Codec& codec, int hd, FusedPlan* plans) {
+#if HWY_TARGET == HWY_SCALAR
+  (void)codec, (void)hd, (void)plans;
+  return 0;  // one-lane vectors: the codec's scalar path is as good
+#else
+  const auto parts = codec.parts();
+  if (parts.empty()) return PlanLayout(codec, hd, plans[0]) ? 1 : 0;
+  int offset = 0;
+  for (size_t i = 0; i < parts.size(); ++i) {
+    FusedPlan& p = plans[i];
+    if (!PlanLayout(parts[i], parts[i].dim(), p)) return 0;
+    p.offset = offset;
+    p.part_offset = i == 0 ? 0 : codec.layout().split_offset;
+    p.record_bytes = codec.record_bytes();
+    offset += parts[i].dim();
+  }
+  return int(parts.size());
 #endif
 }
+
+// Largest number of parts a record has (split records).
+constexpr int kMaxParts = 2;
 
 // Query heads are taken in pieces of 4, 2, 1 (GQA 8 is two pieces of 4: 16
 // accumulators already fill half the AVX-512 registers): log2 of the next piece.
 inline int HeadPiece(int rest) { return rest >= 4 ? 2 : rest >= 2 ? 1 : 0; }
 
-// natural[p] = the natural element index of chunk-order position p, (hd).
-inline void NaturalIndices(const FusedPlan& plan, int hd, int* natural) {
-  for (int c = 0; c < hd; c += plan.chunk) {
-    for (int k = 0; k < plan.sub; ++k) {
-      for (int l = 0; l < plan.lanes; ++l) natural[c + k * plan.lanes + l] = c + l * plan.sub + k;
+// natural[p] = the natural element index of chunk-order position p, over
+// the elements of each part.   natural: (hd)
+inline void NaturalIndices(const FusedPlan* plans, int n_parts, int* natural) {
+  for (int i = 0; i < n_parts; ++i) {
+    const FusedPlan& plan = plans[i];
+    for (int c = plan.offset; c < plan.offset + plan.dim; c += plan.chunk) {
+      for (int k = 0; k < plan.sub; ++k) {
+        for (int l = 0; l < plan.lanes; ++l) natural[c + k * plan.lanes + l] = c + l * plan.sub + k;
+      }
     }
   }
 }
@@ -567,22 +600,24 @@ void AttendChunkT(const ChunkJob& job, float* work) {
   float* qp = work;                                   // (kMaxJobHeads, hd) chunk-order query
   float* op = qp + size_t(kMaxJobHeads) * hd;         // (kMaxJobHeads, hd) chunk-order output
   float* sc = op + size_t(kMaxJobHeads) * hd;         // (kMaxJobHeads, kBlock) scores, then weights
-  float* ktab = sc + size_t(kMaxJobHeads) * kBlock;   // (kTableFloats)
-  float* vtab = ktab + kTableFloats;                  // (kTableFloats)
-  float* tmp = vtab + kTableFloats;                   // (hd)
+  float* sc2 = sc + size_t(kMaxJobHeads) * kBlock;    // (kMaxJobHeads, kBlock) dots of a second part
+  float* ktab = sc2 + size_t(kMaxJobHeads) * kBlock;  // (kMaxParts, kTableFloats)
+  float* vtab = ktab + kMaxParts * kTableFloats;      // (kMaxParts, kTableFloats)
+  float* tmp = vtab + kMaxParts * kTableFloats;       // (hd)
 
-  FusedPlan kp, vp;
-  const bool k_fused = kFast && job.keys.read == StreamRead::Fused && PlanFused(*job.keys.codec, hd, kp);
-  const bool v_fused = kFast && job.values.read == StreamRead::Fused && PlanFused(*job.values.codec, hd, vp);
+  FusedPlan kp[kMaxParts], vp[kMaxParts];
+  const int k_parts = kFast && job.keys.read == StreamRead::Fused ? PlanFused(*job.keys.codec, hd, kp) : 0;
+  const int v_parts = kFast && job.values.read == StreamRead::Fused ? PlanFused(*job.values.codec, hd, vp) : 0;
+  const bool k_fused = k_parts > 0, v_fused = v_parts > 0;
   int natural[codec::kMaxDim];
   if (k_fused) {
-    FillTable(*job.keys.codec, ktab);
-    NaturalIndices(kp, hd, natural);
+    for (int i = 0; i < k_parts; ++i) FillTable(*kp[i].codec, ktab + i * kTableFloats);
+    NaturalIndices(kp, k_parts, natural);
     for (int j = 0; j < nq; ++j) {
       for (int p = 0; p < hd; ++p) qp[size_t(j) * hd + p] = job.q[size_t(j) * hd + natural[p]];
     }
   }
-  if (v_fused) FillTable(*job.values.codec, vtab);
+  for (int i = 0; i < v_parts; ++i) FillTable(*vp[i].codec, vtab + i * kTableFloats);
   float* o = v_fused ? op : job.o;
   std::fill(o, o + size_t(nq) * hd, 0.0f);
   for (int j = 0; j < nq; ++j) {
@@ -596,12 +631,21 @@ void AttendChunkT(const ChunkJob& job, float* work) {
     const int nb = std::min(kBlock, job.end - p0);
     // Scores.
     if (k_fused) {
-      const uint8_t* rec = job.keys.records + size_t(p0) * kp.record_bytes;
-      for (int j0 = 0; j0 < nq;) {
-        const int piece = HeadPiece(nq - j0);
-        kp.score[piece](rec, kp.record_bytes, kp.index_offset, nb, hd, kp.group, qp + size_t(j0) * hd, ktab,
-                        sc + j0 * kBlock);
-        j0 += 1 << piece;
+      for (int i = 0; i < k_parts; ++i) {
+        const FusedPlan& plan = kp[i];
+        const uint8_t* rec = job.keys.records + size_t(p0) * plan.record_bytes + plan.part_offset;
+        float* dots = i == 0 ? sc : sc2;
+        for (int j0 = 0; j0 < nq;) {
+          const int piece = HeadPiece(nq - j0);
+          plan.score[piece](rec, plan.record_bytes, plan.index_offset, nb, plan.dim, hd, plan.group,
+                            qp + size_t(j0) * hd + plan.offset, ktab + i * kTableFloats, dots + j0 * kBlock);
+          j0 += 1 << piece;
+        }
+        if (i > 0) {
+          for (int j = 0; j < nq; ++j) {
+            for (int r = 0; r < nb; ++r) sc[j * kBlock + r] += sc2[j * kBlock + r];
+          }
+        }
       }
     } else {
       ScoreScalar(job.keys, hd, nq, p0, nb, job.q, job.q_sketch, sc, tmp);
@@ -650,19 +694,22 @@ void AttendChunkT(const ChunkJob& job, float* work) {
     }
     // Values.
     if (v_fused) {
-      const uint8_t* rec = job.values.records + size_t(p0) * vp.record_bytes;
-      for (int j0 = 0; j0 < nq;) {
-        const int piece = HeadPiece(nq - j0);
-        vp.accumulate[piece](rec, vp.record_bytes, vp.index_offset, nb, hd, vp.group, sc + j0 * kBlock, vtab,
-                             op + size_t(j0) * hd);
-        j0 += 1 << piece;
+      for (int i = 0; i < v_parts; ++i) {
+        const FusedPlan& plan = vp[i];
+        const uint8_t* rec = job.values.records + size_t(p0) * plan.record_bytes + plan.part_offset;
+        for (int j0 = 0; j0 < nq;) {
+          const int piece = HeadPiece(nq - j0);
+          plan.accumulate[piece](rec, plan.record_bytes, plan.index_offset, nb, plan.dim, hd, plan.group,
+                                 sc + j0 * kBlock, vtab + i * kTableFloats, op + size_t(j0) * hd + plan.offset);
+          j0 += 1 << piece;
+        }
       }
     } else {
       AccumulateScalar(job.values, hd, nq, p0, nb, sc, job.o, tmp);
     }
   }
   if (v_fused) {
-    NaturalIndices(vp, hd, natural);
+    NaturalIndices(vp, v_parts, natural);
     for (int j = 0; j < nq; ++j) {
       for (int p = 0; p < hd; ++p) job.o[size_t(j) * hd + natural[p]] = op[size_t(j) * hd + p];
     }

@@ -27,15 +27,20 @@ constexpr int kRefBlock = 64;  // same blocking as the kernels: the states agree
 }
 
 size_t chunk_work_floats(int head_dim) {
-  // chunk-order query and output, scores, two padded codebooks, one decoded row
-  return size_t(2 * kMaxJobHeads) * size_t(head_dim) + size_t(kMaxJobHeads) * kRefBlock + 2 * (256 + 32) +
+  // chunk-order query and output, scores and a second part's dots, a padded
+  // codebook per part of keys and of values, one decoded row
+  return size_t(2 * kMaxJobHeads) * size_t(head_dim) + size_t(2 * kMaxJobHeads) * kRefBlock + 4 * (256 + 32) +
          size_t(head_dim);
 }
 
 bool fused_layout_supported(const codec::Codec& codec) {
-  const codec::CodecSpec& s = codec.spec();
-  const bool kind_ok = (s.kind == codec::CodecKind::Mse || s.kind == codec::CodecKind::Group) && s.split == 0;
-  return kind_ok && (s.bits == 2 || s.bits == 3 || s.bits == 4 || s.bits == 8);
+  auto layout_ok = [](const codec::CodecSpec& s) {
+    const bool kind_ok = s.kind == codec::CodecKind::Mse || s.kind == codec::CodecKind::Group;
+    return kind_ok && (s.bits == 2 || s.bits == 3 || s.bits == 4 || s.bits == 8);
+  };
+  const auto parts = codec.parts();  // split records: both parts
+  if (parts.empty()) return layout_ok(codec.spec());
+  return std::all_of(parts.begin(), parts.end(), [&](const codec::Codec& p) { return layout_ok(p.spec()); });
 }
 
 AttendChunkFn select_attend_chunk() { return HWY_DYNAMIC_DISPATCH(ChooseAttendChunk)(); }

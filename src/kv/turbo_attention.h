@@ -31,7 +31,10 @@
 // record of >= 2 * lanes bytes). prod and affine, other bit widths and the
 // shapes that do not chunk (e.g. 3 bits at head size 80) use the codec's
 // scalar dot_rotated / decode_rotated (StreamRead::Codec): correct, not fast.
-// So do split records (outlier channels).
+// Split records (outlier channels) are read part by part, each part by the
+// kernels of its own layout and codebook (the dots of the two parts added
+// before the softmax, values accumulated into their elements), where both
+// parts are fused layouts.
 //
 // The scalar reference attend_chunk_reference computes the same states with
 // the codec's dot_rotated/decode_rotated in natural order; kv tests compare

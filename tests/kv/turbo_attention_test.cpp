@@ -173,9 +173,29 @@ TEST(TurboAttention, ScalarFallbacksMatchReference) {
   check({prod, mse(4), 64, 4, 0, 17}, StreamRead::Codec, StreamRead::Fused);
   check({mse(4), affine, 128, 2, 3, 300}, StreamRead::Fused, StreamRead::Codec);
   check({mse(4), mse(4), 128, 2, 0, 100}, StreamRead::Codec, StreamRead::Codec);
-  // Split records (outlier channels) are never fused.
-  EXPECT_FALSE(fused_layout_supported(codec::Codec(split_spec(mse(3), 32), 128)));
-  check({split_spec(mse(3), 32), split_spec(group(2, 16), 16), 128, 4, 0, 90}, StreamRead::Codec, StreamRead::Codec);
+  // A split record with a part the kernels do not read (5 bits) is read
+  // whole by the codec.
+  EXPECT_FALSE(fused_layout_supported(codec::Codec(split_spec(mse(4), 32), 128)));
+  check({split_spec(mse(4), 32), split_spec(group(4, 16), 16), 128, 4, 0, 90}, StreamRead::Codec, StreamRead::Codec);
+  check({split_spec(mse(4), 32), split_spec(mse(3), 64), 128, 2, 0, 90});  // kernels refuse the 5-bit part too
+}
+
+// Split records (outlier channels): each part read by its own kernels (3-
+// and 4-bit parts of 16..96 elements, chunked at whatever width divides
+// them), the two parts' dots added before the softmax.
+TEST(TurboAttention, SplitRecordsMatchReference) {
+  EXPECT_TRUE(fused_layout_supported(codec::Codec(split_spec(mse(3), 32), 128)));
+  for (int hd : {64, 96, 128, 256}) {
+    for (int b : {2, 3}) {
+      for (int k : {16, 32, 64}) {
+        if (k >= hd) continue;
+        for (int nq : kGqa) check({split_spec(mse(b), k), split_spec(mse(b), k), hd, nq, 0, 67});
+        check({split_spec(group(b, 16), k), split_spec(group(b, 16), k), hd, 4, 3, 300});
+      }
+    }
+  }
+  check({split_spec(mse(3), 32), mse(4), 128, 4, 0, 1023});
+  check({mse(2), split_spec(mse(3), 64), 128, 5, 17, 200});
 }
 
 }  // namespace
