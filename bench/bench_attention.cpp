@@ -3,7 +3,8 @@
 // (kv/turbo_attention.h), through the real KvCache::attend().
 //
 // Shape: one layer, 8 query heads over 2 kv heads (GQA 4), head size 64 or
-// 128, 1K to 64K cached tokens, one thread (kernel cost, not scaling). After
+// 128, 1K to 64K cached tokens, one thread (kernel cost, not scaling);
+// "attention_gqa8" has 16 query heads over the 2 (GQA 8). After
 // the runs it prints every scheme's time as a ratio of fp16's at the same
 // (tokens, head size), measured in the same run.
 //
@@ -41,7 +42,7 @@ using turbokv::kv::Phase;
 const std::pair<const char*, const char*> kSchemes[] = {
     {"fp16", "fp16"}, {"turbo4", "turbo4"}, {"turbo3", "turbo3"}, {"turbo2", "turbo2"},
     {"group4g64", "group4g64/group4g64"}};
-constexpr int kHeads = 8, kKvHeads = 2;
+constexpr int kHeads = 8, kHeadsGqa8 = 16, kKvHeads = 2;
 
 // The last-level cache's size (256 MiB where the system does not say).
 size_t last_level_cache_bytes() {
@@ -59,8 +60,8 @@ struct Fixture {
   std::vector<float> q, out;  // (n_head, head_dim)
 };
 
-void fill_cache(Fixture& f, const std::string& scheme, int layers, int tokens, int hd) {
-  const CacheShape shape{layers, kHeads, kKvHeads, hd, tokens};
+void fill_cache(Fixture& f, const std::string& scheme, int layers, int tokens, int hd, int heads) {
+  const CacheShape shape{layers, heads, kKvHeads, hd, tokens};
   f.cache = turbokv::kv::make_kv_cache(scheme, shape);
   f.layers = layers;
   turbokv::Rng rng(42);
@@ -84,7 +85,7 @@ void fill_cache(Fixture& f, const std::string& scheme, int layers, int tokens, i
     }
     f.cache->end_batch();
   }
-  f.q.resize(size_t(kHeads) * hd);
+  f.q.resize(size_t(heads) * hd);
   f.out.resize(f.q.size());
   for (auto& x : f.q) x = float(rng.normal());
   // The decode token: its first attend() per layer compresses the prefix (untimed).
@@ -97,26 +98,26 @@ void fill_cache(Fixture& f, const std::string& scheme, int layers, int tokens, i
   }
 }
 
-Fixture& fixture(const std::string& scheme, int tokens, int hd, bool cold) {
+Fixture& fixture(const std::string& scheme, int tokens, int hd, bool cold, int heads) {
   static Fixture f;
   const std::string key = std::string(cold ? "cold" : "hot") + ":" + scheme + "/" + std::to_string(tokens) + "/" +
-                          std::to_string(hd);
+                          std::to_string(hd) + "/" + std::to_string(heads);
   if (f.key == key) return f;
   f = Fixture{};
   f.key = key;
   int layers = 1;
   if (cold) {  // as many layers as make twice the last-level cache, from the stored bits per element
-    const auto empty = turbokv::kv::make_kv_cache(scheme, CacheShape{1, kHeads, kKvHeads, hd, tokens});
+    const auto empty = turbokv::kv::make_kv_cache(scheme, CacheShape{1, heads, kKvHeads, hd, tokens});
     const double per_layer = std::max(1.0, empty->bits_per_element() / 8 * 2 * kKvHeads * hd * double(tokens));
     layers = int(std::min(1024.0, std::ceil(2 * double(last_level_cache_bytes()) / per_layer)));
   }
-  fill_cache(f, scheme, layers, tokens, hd);
+  fill_cache(f, scheme, layers, tokens, hd, heads);
   return f;
 }
 
-void BM_Attention(benchmark::State& state, const std::string& scheme, bool cold) {
+void BM_Attention(benchmark::State& state, const std::string& scheme, bool cold, int heads) {
   const int tokens = int(state.range(0)), hd = int(state.range(1));
-  Fixture& f = fixture(scheme, tokens, hd, cold);
+  Fixture& f = fixture(scheme, tokens, hd, cold, heads);
   turbokv::ThreadPool pool(1);
   const float scale = 1.0f / std::sqrt(float(hd));
   int layer = 0;
@@ -156,11 +157,15 @@ int main(int argc, char** argv) {
   for (const auto& [label, scheme] : kSchemes) {
     const std::string s = scheme;
     benchmark::RegisterBenchmark((std::string("attention/") + label).c_str(),
-                                 [s](benchmark::State& st) { BM_Attention(st, s, false); })
+                                 [s](benchmark::State& st) { BM_Attention(st, s, false, kHeads); })
         ->ArgsProduct({{1024, 4096, 16384, 65536}, {64, 128}})
         ->Unit(benchmark::kMicrosecond);
     benchmark::RegisterBenchmark((std::string("attention_cold/") + label).c_str(),
-                                 [s](benchmark::State& st) { BM_Attention(st, s, true); })
+                                 [s](benchmark::State& st) { BM_Attention(st, s, true, kHeads); })
+        ->Args({16384, 128})
+        ->Unit(benchmark::kMicrosecond);
+    benchmark::RegisterBenchmark((std::string("attention_gqa8/") + label).c_str(),
+                                 [s](benchmark::State& st) { BM_Attention(st, s, false, kHeadsGqa8); })
         ->Args({16384, 128})
         ->Unit(benchmark::kMicrosecond);
   }
@@ -169,8 +174,8 @@ int main(int argc, char** argv) {
   RatioReporter reporter;
   benchmark::RunSpecifiedBenchmarks(&reporter);
   std::printf("\nattention time / fp16 time (same run; one decode token, %d heads / %d kv heads, 1 thread;\n"
-              "cold: every call reads another layer, from DRAM)\n",
-              kHeads, kKvHeads);
+              "cold: every call reads another layer, from DRAM; gqa8: %d heads)\n",
+              kHeads, kKvHeads, kHeadsGqa8);
   std::printf("%-15s %8s %4s", "family", "tokens", "hd");
   for (const auto& sc : kSchemes) std::printf(" %12s", sc.first);
   std::printf("\n");

@@ -157,7 +157,7 @@ TEST(TurboAttention, EveryTargetMatchesReference) {
     std::printf("target %s\n", hwy::TargetName(target));
     for (int hd : {64, 80, 128}) {
       for (int b : kBits) {
-        for (int nq : {1, 2, 4}) check({mse(b), mse(b), hd, nq, 0, 67});
+        for (int nq : {1, 2, 4, 8}) check({mse(b), mse(b), hd, nq, 0, 67});
         check({group(b, 16), group(b, 16), hd, 2, 5, 70});
       }
     }
