@@ -27,7 +27,8 @@
 // and values, softmax weights), accumulation is fp32.
 //
 // Supported: mse and group records at 2, 3 and 4 bits (any group size the
-// codec allows), fp16 rows, head_dim 64 and 128, 1..8 query heads per kv head.
+// codec allows; not split records), fp16 rows, head_dim 64 and 128, 1..8
+// query heads per kv head.
 // An expanded key or value (fp16 scale times centroid) must fit in fp16.
 // Anything else throws turbokv::Error naming what is unsupported.
 #pragma once

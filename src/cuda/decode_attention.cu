@@ -966,6 +966,9 @@ DecodeAttention::DecodeAttention(const StreamFormat& keys, const StreamFormat& v
       throw Error(std::string("CUDA decode attention: ") + what + " codec " + codec::codec_name(s.kind) +
                   std::to_string(s.bits) + " is not supported (mse or group at 2, 3 or 4 bits, or fp16)");
     }
+    if (s.split != 0) {
+      throw Error(std::string("CUDA decode attention: ") + what + ": split records (outlier channels) are not supported");
+    }
     const codec::Codec c(s, head_dim);
     const auto cent = c.codebook()->centroids();
     for (int i = 0; i < 16; ++i) table[i] = i < int(cent.size()) ? f32_to_fp16(cent[size_t(i)]) : fp16_t(0);

@@ -332,6 +332,7 @@ Encoder::Encoder(const StreamFormat& format, int head_dim, int n_kv_head, const 
   if (s.bits < 1 || s.bits > 4) {
     throw Error("CUDA encoder: " + std::to_string(s.bits) + "-bit records are not supported (1..4 bits)");
   }
+  if (s.split != 0) throw Error("CUDA encoder: split records (outlier channels) are not supported");
   if (!rotations || rotations->head_dim() != head_dim || rotations->n_kv_head() != n_kv_head) {
     throw Error("CUDA encoder: records need the rotations of every kv head at head size " + std::to_string(head_dim));
   }

@@ -338,6 +338,9 @@ TEST(CudaAttentionShapes, UnsupportedShapesAreRejectedByName) {
   EXPECT_THROW(DecodeAttention(StreamFormat::rows_fp16(), StreamFormat::rows_fp16(), 128, 2, 9), Error);
   const codec::CodecSpec b8{codec::CodecKind::Group, 8, 64, codec::MseCodebook::Sphere};
   EXPECT_THROW(DecodeAttention(StreamFormat::records(b8), StreamFormat::rows_fp16(), 128, 2, 4), Error);
+  codec::CodecSpec split{codec::CodecKind::Mse, 3, 0, codec::MseCodebook::Sphere};
+  split.split = 32;  // outlier channels: a record of two layouts
+  EXPECT_THROW(DecodeAttention(StreamFormat::records(split), StreamFormat::rows_fp16(), 128, 2, 4), Error);
 }
 
 }  // namespace

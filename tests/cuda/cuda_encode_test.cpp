@@ -267,6 +267,9 @@ TEST(CudaEncode, UnsupportedFormatsAreRejectedByName) {
   DeviceRotations rot(all_signs(64, 1), 1, 64);
   codec::CodecSpec prod{codec::CodecKind::Prod, 3, 0, codec::MseCodebook::Sphere};
   EXPECT_THROW(Encoder(StreamFormat::records(prod), 64, 1, &rot), Error);
+  codec::CodecSpec split{codec::CodecKind::Mse, 3, 0, codec::MseCodebook::Sphere};
+  split.split = 16;  // outlier channels
+  EXPECT_THROW(Encoder(StreamFormat::records(split), 64, 1, &rot), Error);
   EXPECT_THROW(hadamard_signs(codec::Rotation::make(80, kSeed)), Error);
 }
 
