@@ -12,7 +12,10 @@
 // that forwards every call to the real cache and clocks attend(). Every
 // figure is the median over --reps repetitions, with the spread (max - min) / 2.
 // KV bytes and bits per element are the cache's own accounting when it
-// holds D + n tokens. The machine may be shared: compare schemes of one run.
+// holds D + n tokens (with -n 0: the prompt's p tokens). The machine may be shared: compare schemes of one run.
+// The repetitions are rounds in which every scheme takes its turn (its
+// cache built anew and filled to each depth, untimed), so that a machine
+// whose speed drifts slows every scheme alike, not the ones timed last.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -132,68 +135,75 @@ int run_bench(const BenchArgs& a) {
   };
   const std::vector<int32_t> prompt = random_tokens(a.n_prompt);
   const std::vector<int32_t> gen = random_tokens(a.n_gen);
+  // The same fill for every scheme: depth - 1 prefill tokens, one decode token.
+  std::vector<std::vector<int32_t>> fills;
+  for (int d : a.depths) fills.push_back(random_tokens(d));
 
-  std::vector<Row> rows;
-  for (const std::string& scheme : a.schemes) {
-    std::unique_ptr<kv::KvCache> inner;
+  auto make_cache = [&](const std::string& scheme) {
     try {
-      inner = kv::make_kv_cache(scheme, model->cache_shape(n_ctx));
+      return std::make_unique<TimedKvCache>(kv::make_kv_cache(scheme, model->cache_shape(n_ctx)));
     } catch (const Error& e) {
       throw Error(std::string("--kv: ") + e.what());
     }
-    TimedKvCache cache(std::move(inner));
-    Stat pp;
-    if (a.n_prompt > 0) {
-      std::vector<double> tps;
-      for (int r = 0; r < a.reps; ++r) {
-        cache.clear();
-        const auto t0 = Clock::now();
-        model->forward(prompt.data(), a.n_prompt, cache, kv::Phase::Prefill, model::LogitsMode::Last, logits.data(),
-                       scratch, pool);
-        tps.push_back(a.n_prompt / seconds_since(t0));
-      }
-      pp = stat_of(tps);
+  };
+  const size_t n_schemes = a.schemes.size(), n_depths = a.depths.size();
+  std::vector<Row> rows(n_schemes * n_depths);  // (scheme, depth)
+  std::vector<std::vector<double>> pp(n_schemes), tg(rows.size()), attn_us(rows.size());
+  for (size_t i = 0; i < n_schemes; ++i) {  // every name checked before anything is timed
+    const std::string name = make_cache(a.schemes[i])->scheme();
+    for (size_t j = 0; j < n_depths; ++j) {
+      rows[i * n_depths + j].scheme = name;
+      rows[i * n_depths + j].depth = a.depths[j];
     }
-    for (int depth : a.depths) {
-      Row row;
-      row.scheme = cache.scheme();
-      row.depth = depth;
-      row.pp = pp;
-      if (a.n_gen > 0) {
-        cache.clear();
+  }
+  for (int r = 0; r < a.reps; ++r) {
+    for (size_t i = 0; i < n_schemes; ++i) {
+      auto cache = make_cache(a.schemes[i]);
+      if (a.n_prompt > 0) {
+        const auto t0 = Clock::now();
+        model->forward(prompt.data(), a.n_prompt, *cache, kv::Phase::Prefill, model::LogitsMode::Last, logits.data(),
+                       scratch, pool);
+        pp[i].push_back(a.n_prompt / seconds_since(t0));
+      }
+      if (a.n_gen == 0) {  // the cache as the prompt left it
+        for (size_t j = 0; j < n_depths; ++j) {
+          rows[i * n_depths + j].kv_bytes = cache->bytes();
+          rows[i * n_depths + j].bits = cache->bits_per_element();
+        }
+        continue;
+      }
+      for (size_t j = 0; j < n_depths; ++j) {
+        const int depth = a.depths[j];
+        Row& row = rows[i * n_depths + j];
+        cache->clear();
+        const std::vector<int32_t>& fill = fills[j];
         if (depth > 1) {
-          const auto fill = random_tokens(depth - 1);
-          model->forward(fill.data(), depth - 1, cache, kv::Phase::Prefill, model::LogitsMode::Last, logits.data(),
+          model->forward(fill.data(), depth - 1, *cache, kv::Phase::Prefill, model::LogitsMode::Last, logits.data(),
                          scratch, pool);
         }
         if (depth > 0) {  // untimed: a two-phase cache compresses its prefix here
-          const auto one = random_tokens(1);
-          model->forward(one.data(), 1, cache, kv::Phase::Decode, model::LogitsMode::Last, logits.data(), scratch,
-                         pool);
+          model->forward(&fill[size_t(depth - 1)], 1, *cache, kv::Phase::Decode, model::LogitsMode::Last, logits.data(),
+                         scratch, pool);
         }
-        std::vector<double> tps, attn_us;
-        for (int r = 0; r < a.reps; ++r) {
-          cache.reset_timer();
-          const auto t0 = Clock::now();
-          for (int i = 0; i < a.n_gen; ++i) {
-            model->forward(&gen[size_t(i)], 1, cache, kv::Phase::Decode, model::LogitsMode::Last, logits.data(),
-                           scratch, pool);
-          }
-          const double s = seconds_since(t0);
-          tps.push_back(a.n_gen / s);
-          attn_us.push_back(1e6 * cache.attend_seconds() / a.n_gen);
-          row.kv_bytes = cache.bytes();
-          row.bits = cache.bits_per_element();
-          cache.trim(a.n_gen);
+        cache->reset_timer();
+        const auto t0 = Clock::now();
+        for (int k = 0; k < a.n_gen; ++k) {
+          model->forward(&gen[size_t(k)], 1, *cache, kv::Phase::Decode, model::LogitsMode::Last, logits.data(),
+                         scratch, pool);
         }
-        row.tg = stat_of(tps);
-        row.attn_us = stat_of(attn_us);
-      }
-      rows.push_back(row);
-      if (!a.json) {
-        std::fprintf(stderr, "bench: %s depth %d done\n", row.scheme.c_str(), depth);
+        const double sec = seconds_since(t0);
+        tg[i * n_depths + j].push_back(a.n_gen / sec);
+        attn_us[i * n_depths + j].push_back(1e6 * cache->attend_seconds() / a.n_gen);
+        row.kv_bytes = cache->bytes();
+        row.bits = cache->bits_per_element();
       }
     }
+    if (!a.json) std::fprintf(stderr, "bench: round %d of %d done\n", r + 1, a.reps);
+  }
+  for (size_t i = 0; i < rows.size(); ++i) {
+    rows[i].pp = stat_of(pp[i / n_depths]);
+    rows[i].tg = stat_of(tg[i]);
+    rows[i].attn_us = stat_of(attn_us[i]);
   }
 
   if (a.json) {

@@ -1,4 +1,4 @@
-// The turbokv executable's generate/perplexity commands: exact stdout, and
+// The turbokv executable's generate/perplexity/bench commands: exact stdout, and
 // clear errors naming the bad flag or file.
 #include <unistd.h>
 
@@ -8,9 +8,12 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <string>
+#include <utility>
+
+#include <nlohmann/json.hpp>
 
 #include "support/run_cli.h"
-#include <string>
 
 namespace {
 
@@ -81,6 +84,41 @@ TEST(Cli, PerplexityMissingTextFileIsNamed) {
   const auto r = run("perplexity -f /nonexistent/text.txt --ctx 64");
   EXPECT_NE(r.status, 0);
   EXPECT_NE(r.err.find("/nonexistent/text.txt"), std::string::npos) << r.err;
+}
+
+// turbokv bench --json: one row per scheme and depth with issue 7's fields,
+// every speed measured (positive), the cache's own bits per element.
+TEST(Cli, BenchJsonHasARowPerSchemeAndDepth) {
+  const auto r = run("bench --kv fp16,turbo4,turbo3:outliers=32 --depth 0,40 -p 16 -n 4 --reps 2 -t 1 --json");
+  ASSERT_EQ(r.status, 0) << r.err;
+  const auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["threads"], 1);
+  EXPECT_NE(j["model"].get<std::string>().find("tq-tiny-hd128.gguf"), std::string::npos);
+  const auto& rows = j["results"];
+  ASSERT_EQ(rows.size(), 6u) << r.out;
+  const char* schemes[] = {"fp16", "turbo4", "turbo3:outliers=32"};
+  for (size_t i = 0; i < rows.size(); ++i) {
+    const auto& row = rows[i];
+    EXPECT_EQ(row["scheme"], schemes[i / 2]);
+    EXPECT_EQ(row["depth"], i % 2 ? 40 : 0);
+    for (const char* key : {"pp_tps", "tg_tps", "attn_us_per_token", "kv_bytes", "bits_per_element"}) {
+      ASSERT_TRUE(row.contains(key)) << key;
+      EXPECT_GT(row[key].get<double>(), 0.0) << key << " " << row.dump();
+    }
+  }
+  EXPECT_EQ(rows[0]["bits_per_element"], 16.0);
+  EXPECT_LT(rows[3]["bits_per_element"].get<double>(), 16.0);
+  EXPECT_LT(rows[3]["kv_bytes"].get<double>(), rows[1]["kv_bytes"].get<double>());  // turbo4 vs fp16 at depth 40
+}
+
+TEST(Cli, BenchBadFlagsAreNamed) {
+  for (const auto& [args, flag] : {std::pair{"bench --kv turbo5 -n 1 -p 0", "--kv"}, std::pair{"bench --depth -3", "--depth"},
+                                   std::pair{"bench --reps 0", "--reps"}, std::pair{"bench -p 0 -n 0", "-p"}}) {
+    const auto r = run(args);
+    EXPECT_NE(r.status, 0) << args;
+    EXPECT_NE(r.err.find(flag), std::string::npos) << args << ": " << r.err;
+    EXPECT_TRUE(r.out.empty()) << args;
+  }
 }
 
 }  // namespace
