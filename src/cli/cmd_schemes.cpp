@@ -19,6 +19,7 @@ std::string describe(const kv::StreamSpec& s, int head_dim) {
   if (c.kind == codec::CodecKind::Group || c.kind == codec::CodecKind::Affine) {
     d += " g" + std::to_string(c.effective_group());
   }
+  if (c.split > 0) d += " +" + std::to_string(c.split) + "@" + std::to_string(c.split_bits());  // outlier channels
   return d;
 }
 
