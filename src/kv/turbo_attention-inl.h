@@ -481,33 +481,69 @@ inline bool PlanLayout(const codec::Codec& codec, int hd, FusedPlan& plan) {
   plan.codec = &codec;
   return true;
 }
+
+// Plans the segments that read one record layout over its dim elements:
+// one, at the widest vector whose chunk divides dim; or, for layouts with
+// one scale (mse, group with one group: the scale read at the record's
+// start serves every segment), the elements up to a multiple of a wider
+// chunk at that width and the rest at a narrower one (3 bits at 96
+// elements: 64 at 8 lanes and 32 at 4, instead of all 96 at 4).
+// Segment offsets are relative to the layout.   plans: (2); returns 0..2
+inline int PlanSegments(const codec::Codec& codec, int dim, FusedPlan* plans) {
+  const bool single = PlanLayout(codec, dim, plans[0]);
+  const codec::CodecSpec& s = codec.spec();
+  const bool one_scale = s.kind == codec::CodecKind::Mse ||
+                         (s.kind == codec::CodecKind::Group && s.effective_group() >= dim);
+  const bool fused_bits = s.bits == 2 || s.bits == 3 || s.bits == 4 || s.bits == 8;
+  const int widest = int(hn::MaxLanes(hn::CappedTag<float, 16>()));
+  if ((single && plans[0].lanes == widest) || !one_scale || !fused_bits) return single ? 1 : 0;
+  const int sub = s.bits == 3 ? 8 : 8 / s.bits;  // kSubVectors<B>
+  for (int lanes = widest; lanes > (single ? plans[0].lanes : 2); lanes /= 2) {
+    const int head = dim / (lanes * sub) * (lanes * sub);
+    if (head == 0 || head == dim) continue;
+    FusedPlan a, b;
+    if (!PlanLayout(codec, head, a) || !PlanLayout(codec, dim - head, b)) continue;
+    b.offset = head;
+    b.index_offset += uint32_t(head * s.bits / 8);  // head is whole chunks, whose indices fill whole bytes
+    plans[0] = a;
+    plans[1] = b;
+    return 2;
+  }
+  return single ? 1 : 0;
+}
 #endif
 
-// Plans a fused read of `codec`'s records: one part, or the two parts of a
-// split record (outlier channels), each read by its own kernels and
-// codebook; the number of parts, 0 where the scalar reader must be used.
+// Largest number of segments a record is read in: two parts (split
+// records), each in up to two vector widths.
+constexpr int kMaxSegments = 4;
+
+// Plans a fused read of `codec`'s records: the segments of one layout, or
+// of the two parts of a split record (outlier channels), each read by the
+// kernels of its layout, width and codebook; the number of segments, 0
+// where the scalar reader must be used.   plans: (kMaxSegments)
 inline int PlanFused(const codec::Codec& codec, int hd, FusedPlan* plans) {
 #if HWY_TARGET == HWY_SCALAR
   (void)codec, (void)hd, (void)plans;
   return 0;  // one-lane vectors: the codec's scalar path is as good
 #else
+  int n = 0;
+  auto add = [&](const codec::Codec& layout, int dim, int offset, uint32_t part_offset) {
+    const int k = PlanSegments(layout, dim, plans + n);
+    for (int i = n; i < n + k; ++i) {
+      plans[i].offset += offset;
+      plans[i].part_offset = part_offset;
+      plans[i].record_bytes = codec.record_bytes();
+    }
+    n += k;
+    return k > 0;
+  };
   const auto parts = codec.parts();
-  if (parts.empty()) return PlanLayout(codec, hd, plans[0]) ? 1 : 0;
-  int offset = 0;
-  for (size_t i = 0; i < parts.size(); ++i) {
-    FusedPlan& p = plans[i];
-    if (!PlanLayout(parts[i], parts[i].dim(), p)) return 0;
-    p.offset = offset;
-    p.part_offset = i == 0 ? 0 : codec.layout().split_offset;
-    p.record_bytes = codec.record_bytes();
-    offset += parts[i].dim();
-  }
-  return int(parts.size());
+  if (parts.empty()) return add(codec, hd, 0, 0) ? n : 0;
+  if (!add(parts[0], parts[0].dim(), 0, 0)) return 0;
+  if (!add(parts[1], parts[1].dim(), parts[0].dim(), codec.layout().split_offset)) return 0;
+  return n;
 #endif
 }
-
-// Largest number of parts a record has (split records).
-constexpr int kMaxParts = 2;
 
 // Query heads are taken in pieces of 4, 2, 1 (GQA 8 is two pieces of 4: 16
 // accumulators already fill half the AVX-512 registers): log2 of the next piece.
@@ -601,23 +637,23 @@ void AttendChunkT(const ChunkJob& job, float* work) {
   float* op = qp + size_t(kMaxJobHeads) * hd;         // (kMaxJobHeads, hd) chunk-order output
   float* sc = op + size_t(kMaxJobHeads) * hd;         // (kMaxJobHeads, kBlock) scores, then weights
   float* sc2 = sc + size_t(kMaxJobHeads) * kBlock;    // (kMaxJobHeads, kBlock) dots of a second part
-  float* ktab = sc2 + size_t(kMaxJobHeads) * kBlock;  // (kMaxParts, kTableFloats)
-  float* vtab = ktab + kMaxParts * kTableFloats;      // (kMaxParts, kTableFloats)
-  float* tmp = vtab + kMaxParts * kTableFloats;       // (hd)
+  float* ktab = sc2 + size_t(kMaxJobHeads) * kBlock;  // (kMaxSegments, kTableFloats)
+  float* vtab = ktab + kMaxSegments * kTableFloats;   // (kMaxSegments, kTableFloats)
+  float* tmp = vtab + kMaxSegments * kTableFloats;    // (hd)
 
-  FusedPlan kp[kMaxParts], vp[kMaxParts];
-  const int k_parts = kFast && job.keys.read == StreamRead::Fused ? PlanFused(*job.keys.codec, hd, kp) : 0;
-  const int v_parts = kFast && job.values.read == StreamRead::Fused ? PlanFused(*job.values.codec, hd, vp) : 0;
-  const bool k_fused = k_parts > 0, v_fused = v_parts > 0;
+  FusedPlan kp[kMaxSegments], vp[kMaxSegments];
+  const int k_segments = kFast && job.keys.read == StreamRead::Fused ? PlanFused(*job.keys.codec, hd, kp) : 0;
+  const int v_segments = kFast && job.values.read == StreamRead::Fused ? PlanFused(*job.values.codec, hd, vp) : 0;
+  const bool k_fused = k_segments > 0, v_fused = v_segments > 0;
   int natural[codec::kMaxDim];
   if (k_fused) {
-    for (int i = 0; i < k_parts; ++i) FillTable(*kp[i].codec, ktab + i * kTableFloats);
-    NaturalIndices(kp, k_parts, natural);
+    for (int i = 0; i < k_segments; ++i) FillTable(*kp[i].codec, ktab + i * kTableFloats);
+    NaturalIndices(kp, k_segments, natural);
     for (int j = 0; j < nq; ++j) {
       for (int p = 0; p < hd; ++p) qp[size_t(j) * hd + p] = job.q[size_t(j) * hd + natural[p]];
     }
   }
-  for (int i = 0; i < v_parts; ++i) FillTable(*vp[i].codec, vtab + i * kTableFloats);
+  for (int i = 0; i < v_segments; ++i) FillTable(*vp[i].codec, vtab + i * kTableFloats);
   float* o = v_fused ? op : job.o;
   std::fill(o, o + size_t(nq) * hd, 0.0f);
   for (int j = 0; j < nq; ++j) {
@@ -631,7 +667,7 @@ void AttendChunkT(const ChunkJob& job, float* work) {
     const int nb = std::min(kBlock, job.end - p0);
     // Scores.
     if (k_fused) {
-      for (int i = 0; i < k_parts; ++i) {
+      for (int i = 0; i < k_segments; ++i) {
         const FusedPlan& plan = kp[i];
         const uint8_t* rec = job.keys.records + size_t(p0) * plan.record_bytes + plan.part_offset;
         float* dots = i == 0 ? sc : sc2;
@@ -694,7 +730,7 @@ void AttendChunkT(const ChunkJob& job, float* work) {
     }
     // Values.
     if (v_fused) {
-      for (int i = 0; i < v_parts; ++i) {
+      for (int i = 0; i < v_segments; ++i) {
         const FusedPlan& plan = vp[i];
         const uint8_t* rec = job.values.records + size_t(p0) * plan.record_bytes + plan.part_offset;
         for (int j0 = 0; j0 < nq;) {
@@ -709,7 +745,7 @@ void AttendChunkT(const ChunkJob& job, float* work) {
     }
   }
   if (v_fused) {
-    NaturalIndices(vp, v_parts, natural);
+    NaturalIndices(vp, v_segments, natural);
     for (int j = 0; j < nq; ++j) {
       for (int p = 0; p < hd; ++p) job.o[size_t(j) * hd + natural[p]] = op[size_t(j) * hd + p];
     }

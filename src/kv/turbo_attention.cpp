@@ -27,9 +27,9 @@ constexpr int kRefBlock = 64;  // same blocking as the kernels: the states agree
 }
 
 size_t chunk_work_floats(int head_dim) {
-  // chunk-order query and output, scores and a second part's dots, a padded
-  // codebook per part of keys and of values, one decoded row
-  return size_t(2 * kMaxJobHeads) * size_t(head_dim) + size_t(2 * kMaxJobHeads) * kRefBlock + 4 * (256 + 32) +
+  // chunk-order query and output, scores and a further segment's dots, a
+  // padded codebook per segment (up to 4) of keys and of values, one decoded row
+  return size_t(2 * kMaxJobHeads) * size_t(head_dim) + size_t(2 * kMaxJobHeads) * kRefBlock + 8 * (256 + 32) +
          size_t(head_dim);
 }
 
