@@ -28,11 +28,14 @@
 // Which layouts are fused (StreamRead::Fused, checked again per instruction
 // set): mse and group at 2, 3, 4 and 8 bits, when the head size is a multiple
 // of E for some vector length >= 4 (and, for group, d / G <= lanes and a
-// record of >= 2 * lanes bytes). prod and affine, other bit widths and the
-// shapes that do not chunk (e.g. 3 bits at head size 80) use the codec's
-// scalar dot_rotated / decode_rotated (StreamRead::Codec): correct, not fast.
-// Split records (outlier channels) are read part by part, each part by the
-// kernels of its own layout and codebook (the dots of the two parts added
+// record of >= 2 * lanes bytes). A record with one scale (mse, group with one
+// group) that no wide chunk divides is read in two segments, a head at a
+// wide vector and the rest at a narrower one (3 bits at 96: 64 at 8 lanes,
+// 32 at 4). prod and affine, other bit widths and the shapes that do not
+// chunk (e.g. 3 bits at head size 80) use the codec's scalar dot_rotated /
+// decode_rotated (StreamRead::Codec): correct, not fast. Split records
+// (outlier channels) are read part by part, each part in its segments with
+// the kernels of its own layout and codebook (the dots of the segments added
 // before the softmax, values accumulated into their elements), where both
 // parts are fused layouts.
 //
