@@ -874,12 +874,15 @@ void TurboKvCache::save(CacheWriter& out) const {
     // Query statistics only matter until calibration (inverse scales are
     // recomputed exactly as calibrate() computes them).
     out.put_vector(c.done ? std::vector<double>() : c.q_sq_sum);
-    // Split streams: the outlier channels of each kv head, one bit each.
-    for (const std::vector<uint8_t>* flags : {&c.key_outliers, &c.value_outliers}) {
-      if (!(flags == &c.key_outliers ? keys_ : values_)->split()) continue;
-      std::vector<uint8_t> packed(flags->empty() ? 0 : size_t(nkv) * codec::packed_bytes(size_t(hd), 1));
-      for (size_t g = 0; !flags->empty() && g < size_t(nkv); ++g) {
-        codec::pack_bits(flags->data() + g * size_t(hd), size_t(hd), 1, packed.data() + g * codec::packed_bytes(size_t(hd), 1));
+    // Split streams: the outlier channels of each kv head, one bit each
+    // (none before calibration).
+    for (const Stream* st : {keys_.get(), values_.get()}) {
+      if (!st->split()) continue;
+      const std::vector<uint8_t>& flags = st == keys_.get() ? c.key_outliers : c.value_outliers;
+      const size_t row = codec::packed_bytes(size_t(hd), 1);
+      std::vector<uint8_t> packed(flags.empty() ? 0 : size_t(nkv) * row);
+      for (size_t g = 0; !flags.empty() && g < size_t(nkv); ++g) {
+        codec::pack_bits(flags.data() + g * size_t(hd), size_t(hd), 1, packed.data() + g * row);
       }
       out.put_vector(packed);
     }

@@ -93,6 +93,20 @@ double rel_error(const std::vector<float>& a, const std::vector<float>& b) {
   return std::sqrt(num / den);
 }
 
+// Prefills the first `prefill` tokens of `in` into `cache` and into an exact
+// (f32) cache, then decodes tokens [prefill, n) one at a time through both:
+// the summed relative error of the cache's outputs over those steps.
+double decode_error_vs_exact(KvCache& cache, const Inputs& in, int prefill, int n, ThreadPool& pool) {
+  F32KvCache exact(cache.shape());
+  step(cache, in, 0, prefill, Phase::Prefill, pool);
+  step(exact, in, 0, prefill, Phase::Prefill, pool);
+  double e = 0;
+  for (int t = prefill; t < n; ++t) {
+    e += rel_error(step(cache, in, t, 1, Phase::Decode, pool), step(exact, in, t, 1, Phase::Decode, pool));
+  }
+  return e;
+}
+
 TEST(Scheme, ParsesEveryListedName) {
   for (const auto& name : listed_schemes()) {
     SchemeSpec s = parse_scheme(name);
@@ -202,14 +216,7 @@ TEST(TurboCache, ErrorAgainstExactAttentionFollowsCodecDistortion) {
     std::vector<double> errs;
     for (const char* scheme : {"turbo2", "turbo3", "turbo4", "turbo8"}) {
       TurboKvCache cache(parse_scheme(scheme), s);
-      F32KvCache exact(s);
-      step(cache, in, 0, 256, Phase::Prefill, pool);
-      step(exact, in, 0, 256, Phase::Prefill, pool);
-      double e = 0;
-      for (int t = 256; t < 300; ++t) {
-        e += rel_error(step(cache, in, t, 1, Phase::Decode, pool), step(exact, in, t, 1, Phase::Decode, pool));
-      }
-      errs.push_back(e / 44);
+      errs.push_back(decode_error_vs_exact(cache, in, 256, 300, pool) / 44);
     }
     // Lloyd–Max distortion D_b of a unit vector's coordinates (b = 2, 3, 4;
     // the high-rate formula sqrt(3)·pi/2·4^-b at 8 bits). The value error
@@ -232,14 +239,7 @@ TEST(TurboCache, CenteringAndCalibrationReduceKeyError) {
   const Inputs in = make_inputs(s, 300, 4, true);
   auto error_of = [&](const char* scheme) {
     TurboKvCache cache(parse_scheme(scheme), s);
-    F32KvCache ex(s);
-    step(cache, in, 0, 256, Phase::Prefill, pool);
-    step(ex, in, 0, 256, Phase::Prefill, pool);
-    double e = 0;
-    for (int t = 256; t < 300; ++t) {
-      e += rel_error(step(cache, in, t, 1, Phase::Decode, pool), step(ex, in, t, 1, Phase::Decode, pool));
-    }
-    return e;
+    return decode_error_vs_exact(cache, in, 256, 300, pool);
   };
   const double plain = error_of("turbo3/fp16:center=0:calib=none");
   const double centered = error_of("turbo3/fp16:center=1:calib=none");
@@ -265,13 +265,7 @@ TEST(TurboCache, OutlierChannelsAreTheHighEnergyOnesAndHelp) {
   for (int c = 3; c < 128; c += 17) loud_keys.push_back(c);
   auto error_of = [&](const char* scheme, bool check_channels) {
     TurboKvCache cache(parse_scheme(scheme), s);
-    F32KvCache ex(s);
-    step(cache, in, 0, 256, Phase::Prefill, pool);
-    step(ex, in, 0, 256, Phase::Prefill, pool);
-    double e = 0;
-    for (int t = 256; t < 300; ++t) {
-      e += rel_error(step(cache, in, t, 1, Phase::Decode, pool), step(ex, in, t, 1, Phase::Decode, pool));
-    }
+    const double e = decode_error_vs_exact(cache, in, 256, 300, pool);
     if (check_channels) {
       for (int g = 0; g < 2; ++g) {
         EXPECT_EQ(cache.outlier_channels(true, 0, g), loud_keys) << scheme;
