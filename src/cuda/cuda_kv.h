@@ -16,10 +16,11 @@
 // records once for all query heads of the GQA group (mma.sync m16n8k16 with
 // 16 positions as rows and the group's heads as the 8 columns: S^T = K Q^T,
 // O^T += V^T P^T), each warp keeping an online-softmax state {m, d, o} over
-// its 16-position tiles; the CTA merges its warps and writes one partial
-// state per split; the splits are merged exactly (kv/online_softmax.h) and
-// normalized by the last CTA of each (sequence, kv head) to finish (record
-// kernels with 2-4 splits) or by a second kernel. Keys and values are
+// its 16-position tiles; the CTA merges its warps into one partial state
+// per split; the splits are merged exactly (kv/online_softmax.h) and
+// normalized by the CTAs of each (sequence, kv head) themselves, as one
+// thread block cluster through distributed shared memory (record kernels
+// with 1-4 splits on sm_90), or by a second kernel. Keys and values are
 // expanded from their packed indices straight into the mma operand
 // registers (one lookup in a shared-memory table of centroid pairs per two
 // elements, times the record's fp16 group scale): no float copy of a key or
@@ -187,7 +188,7 @@ struct AttentionArgs {
   int capacity = 0;              // positions per (sequence, kv head) in the buffers
   const void* keys = nullptr;    // device key stream
   const void* values = nullptr;  // device value stream
-  const float* q = nullptr;      // device (n_seq, n_kv_head * group, head_dim), in the key stream's space
+  const float* q = nullptr;      // device (n_seq, n_kv_head * group, head_dim), in the key stream's space; 16-byte aligned (Error otherwise)
   const float* shift = nullptr;  // device (n_seq, n_kv_head * group) added to every dot; may be null
   float scale = 1.0f;            // score = scale * (<q, k̂> + shift)
   float* out = nullptr;          // device (n_seq, n_kv_head * group, head_dim), value stream's space
@@ -210,8 +211,7 @@ class DecodeAttention {
   int head_dim_, n_kv_head_, group_;
   size_t k_row_, v_row_;
   int sm_count_ = 0;
-  DeviceBuffer workspace_;     // partial states of the splits
-  DeviceBuffer splits_done_;  // (n_seq, n_kv_head) uint32 counters, zero between runs
+  DeviceBuffer workspace_;  // partial states of the splits (for merge_kernel)
   struct Params;
   std::unique_ptr<Params> params_;
 };

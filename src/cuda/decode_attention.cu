@@ -30,10 +30,12 @@
 // fragments are gathered in that order once; values likewise own
 // [g*d/8, (g+1)*d/8), and the output is written back in natural order at
 // the end. FP16 rows use ldmatrix from padded rows instead.
+#include <cooperative_groups.h>
 #include <cuda_fp16.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <string>
 #include <type_traits>
 
@@ -67,31 +69,28 @@ struct KernelArgs {
   float* ws_m;                       // (n_seq, n_head, n_split) running max, base 2
   float* ws_d;                       // (n_seq, n_head, n_split)
   float* ws_o;                       // (n_seq, n_head, n_split, head_dim) unnormalized
-  uint32_t* splits_done;             // (n_seq, n_kv) CTAs finished; zero between runs (the last resets it)
-  float* out;                        // (n_seq, n_head, head_dim); null: merge_kernel merges
+  float* out;                        // (n_seq, n_head, head_dim), written by the cluster; null: merge_kernel merges
 };
 
-// Folds the n_split partial states of query head bh (flattened:
-// seq * n_head + head) in split order (kv/online_softmax.h merge, base 2)
-// and normalizes element e; an empty sequence gives zeros. The states are
-// read past L1 (ld.global.cg): in the fused merge they were written by
-// other CTAs of the same launch.
-__device__ __forceinline__ float merge_element(const float* ws_m, const float* ws_d, const float* ws_o, size_t bh,
-                                               int n_split, int hd, int e) {
-  auto load = [](const float* p) { return __ldcg(p); };
-  float M = -INFINITY;
-  for (int s = 0; s < n_split; ++s) M = fmaxf(M, load(ws_m + bh * n_split + s));
-  float D = 0.0f, acc = 0.0f;
-  if (M != -INFINITY) {
+// Folds the partial states of one output element, split by split in order
+// (kv/online_softmax.h merge, base 2), and normalizes; no positions (every
+// d zero) give zero. m(s), d(s), o(s) read split s's running maximum,
+// denominator and unnormalized element.
+template <class M, class D, class O>
+__device__ __forceinline__ float fold_splits(int n_split, M m, D d, O o) {
+  float mx = -INFINITY;
+  for (int s = 0; s < n_split; ++s) mx = fmaxf(mx, m(s));
+  float den = 0.0f, acc = 0.0f;
+  if (mx != -INFINITY) {
     for (int s = 0; s < n_split; ++s) {
-      const float d = load(ws_d + bh * n_split + s);
-      if (d == 0.0f) continue;
-      const float f = exp2f(load(ws_m + bh * n_split + s) - M);
-      D += d * f;
-      acc += load(ws_o + (bh * n_split + s) * hd + e) * f;
+      const float ds = d(s);
+      if (ds == 0.0f) continue;
+      const float f = exp2f(m(s) - mx);
+      den += ds * f;
+      acc += o(s) * f;
     }
   }
-  return D > 0.0f ? acc / D : 0.0f;
+  return den > 0.0f ? acc / den : 0.0f;
 }
 
 // ---- PTX wrappers -----------------------------------------------------------------------
@@ -368,13 +367,21 @@ struct KeyRecords {
   }
   // The one scale of rows g and 8 + g (records with one scale).
   __device__ __forceinline__ float scale(int h) const { return __half2float(__ushort_as_half(uint16_t(s_lo[h]))); }
-  // Physical element of the query for the B-fragment k pair 2r (hi = 0) or 2r + 8 (hi = 1) of k-step c.
-  static __device__ __forceinline__ int q_element(int c, int r, int hi) { return r * kElems + 4 * c + 2 * hi; }
+  // The query's B-fragment k pairs 2r (x, y) and 2r + 8 (z, w) of k-step c:
+  // physical elements r*HD/4 + 4c + {0, 1, 2, 3}, one 16-byte load.
+  static __device__ __forceinline__ float4 query(const float* q, int c, int r) {
+    return *reinterpret_cast<const float4*>(q + r * kElems + 4 * c);
+  }
 };
 
 template <int HD>
 struct KeyRows {
-  static __device__ __forceinline__ int q_element(int c, int r, int hi) { return 16 * c + 8 * hi + 2 * r; }
+  // The query's B-fragment k pairs 2r (x, y) and 2r + 8 (z, w) of k-step c.
+  static __device__ __forceinline__ float4 query(const float* q, int c, int r) {
+    const float2 lo = *reinterpret_cast<const float2*>(q + 16 * c + 2 * r);
+    const float2 hi = *reinterpret_cast<const float2*>(q + 16 * c + 8 + 2 * r);
+    return make_float4(lo.x, lo.y, hi.x, hi.y);
+  }
 };
 
 // Value A fragments (O^T = V^T P^T: rows = 16 elements, k = 16 positions)
@@ -466,25 +473,32 @@ template <int B, bool F, int HD> struct ValueReader<Records<B, F>, HD> { using t
 // FP16 rows need large stages: 4 warps, 2 stages, 2 CTAs per SM. Records
 // are small: 16 warps (one CTA per SM, at most 128 registers a thread) share
 // one pair table, 3 stages deep (measured on an H200: 16 warps x 3 stages
-// 113.7 us, 16 x 2 112.9 us, 8 x 2 118.6 us at batch 8, 32K, head_dim 128).
+// 113.7 us, 16 x 2 112.9 us, 8 x 2 118.6 us at batch 8, 32K, head_dim 128;
+// later, in one run: 16 x 3 101.5 us, 20 x 3 (96 registers) 119.3 us,
+// 24 x 3 (80 registers, spills) 165.6 us).
 template <class KL, class VL>
 constexpr bool kAnyFp16 = KL::kFp16 || VL::kFp16;
 template <class KL, class VL>
 constexpr int kStages = kAnyFp16<KL, VL> ? 2 : 3;
 template <class KL, class VL>
 constexpr int kWarpsOf = kAnyFp16<KL, VL> ? 4 : 16;
-// Record kernels (one CTA of 16 warps per SM, one wave) can merge the
-// splits in the last CTA of each (sequence, kv head) instead of a second
-// launch (merge_kernel); run() asks for it (KernelArgs::out) where that
-// measured faster on an H200: 2 to kMaxFusedSplits splits (batch 8, 32K,
-// head_dim 128, medians of one call: turbo4 109.5 -> 107.7 us, turbo3
-// 110.1 -> 107.1 us). With 16 splits and 8 heads a kv head the one CTA's
-// merge looked slower (batch 1, head_dim 128, GQA 8: +4 to +14% against
-// another call), with one split no faster. FP16 kernels (4 warps, several
-// waves) always use merge_kernel (fused, same call: 275.3 us against 270.2).
+// Record kernels (one CTA of 16 warps per SM, one wave) can finish the
+// output themselves instead of a second launch (merge_kernel): on sm_90 the
+// n_split CTAs of each (sequence, kv head) run as one thread block cluster
+// and fold their states through distributed shared memory, with no
+// workspace round trip. run() asks for it (KernelArgs::out) for 1 to
+// kMaxFusedSplits splits. Measured on an H200 (medians in one run, turbo4,
+// head_dim 128): batch 8, 32K (2 splits) 94.4 -> 93.9 us against the last
+// CTA merging from global memory, 98.8 -> 96.8 us without the setup order
+// below; batch 64, 4K (1 split) 114.9 -> 114.1 us against merge_kernel;
+// clusters of 8 (batch 2, 32K) 62 us against 38-40 us with merge_kernel.
+// Elsewhere (sm_80) merge_kernel merges. FP16 kernels (4 warps, several
+// waves) always use merge_kernel (fused, an earlier in-kernel merge
+// measured 275.3 us against 270.2).
 template <class KL, class VL>
 constexpr bool kFusedMerge = !kAnyFp16<KL, VL>;
 constexpr int kMaxFusedSplits = 4;
+static_assert(kMaxFusedSplits <= 8, "a cluster of more than 8 CTAs is not portable");
 
 // Fills one codebook's columns (key: column 0, value: column 32 words) of
 // the pair table from 16 fp16 centroids (cooperatively, whole CTA: warp w
@@ -525,46 +539,29 @@ __global__ void __launch_bounds__(32 * kWarpsOf<KL, VL>, kAnyFp16<KL, VL> ? 2 : 
   // ring: (warp, stage) x (key tile, value tile); reused for the warps' merge.
   extern __shared__ __align__(16) uint8_t smem[];
   __shared__ float warp_m[kWarps][kMaxRows], warp_d[kWarps][kMaxRows];
+  __shared__ float cta_m[kMaxRows], cta_d[kMaxRows];  // the CTA's state where its cluster finishes (below)
 
   const int tid = int(threadIdx.x), warp = tid / 32, lane = tid % 32, g = lane / 4, r = lane % 4;
   const int split = int(blockIdx.x), kv = int(blockIdx.y), seq = int(blockIdx.z);
   const int n_head = a.n_kv * a.group, head0 = kv * a.group;
   constexpr int kTableBytes = kTableBits<KL, VL> == 0 ? 0 : (1 << (2 * kTableBits<KL, VL>)) * 256;
   uint8_t* ring = smem + kTableBytes;
-  if constexpr (!KL::kFp16) fill_pair_table<KL::kBits, kWarps>(reinterpret_cast<uint32_t*>(smem), a.k_table, 0, warp, lane);
-  if constexpr (!VL::kFp16) fill_pair_table<VL::kBits, kWarps>(reinterpret_cast<uint32_t*>(smem), a.v_table, 32, warp, lane);
   const uint32_t kcol = 4u * uint32_t(lane), vcol = 128u + 4u * uint32_t(lane);
 
+  // Setup, ordered so that its latencies overlap: the global loads first
+  // (the query, then the first tiles, which need the length), the pair
+  // table while they are in flight, one barrier (H200, turbo4 at batch 8,
+  // 32K, medians in one run: 98.8 -> 94.4 us against table, query, barrier,
+  // tiles).
   const int len = a.seq_len[seq];
   const int sb = split * a.split, se = min(sb + a.split, len);
-
-  // Query B fragments (column g = head g of the group, zero past it), once.
-  uint32_t qb[KSTEPS][2];
+  const bool q_ok = g < a.group;  // column g = head g of the group, zero past it
+  float4 q_raw[KSTEPS];
   {
-    const bool ok = g < a.group;
-    const float* q = a.q + (size_t(seq) * n_head + head0 + (ok ? g : 0)) * HD;
+    const float* q = a.q + (size_t(seq) * n_head + head0 + (q_ok ? g : 0)) * HD;
 #pragma unroll
-    for (int c = 0; c < KSTEPS; ++c) {
-      const int e0 = KR::q_element(c, r, 0), e1 = KR::q_element(c, r, 1);
-      const float2 v0 = *reinterpret_cast<const float2*>(q + e0), v1 = *reinterpret_cast<const float2*>(q + e1);
-      qb[c][0] = ok ? pack_half2(v0.x, v0.y) : 0u;
-      qb[c][1] = ok ? pack_half2(v1.x, v1.y) : 0u;
-    }
+    for (int c = 0; c < KSTEPS; ++c) q_raw[c] = KR::query(q, c, r);
   }
-  // This thread's score columns: heads 2r and 2r + 1.
-  const int hA = 2 * r, hB = 2 * r + 1;
-  float shiftA = 0.0f, shiftB = 0.0f;
-  if (a.shift) {
-    if (hA < a.group) shiftA = a.shift[size_t(seq) * n_head + head0 + hA] * a.scale_log2;
-    if (hB < a.group) shiftB = a.shift[size_t(seq) * n_head + head0 + hB] * a.scale_log2;
-  }
-  __syncthreads();
-
-  float mA = -INFINITY, mB = -INFINITY, dA = 0.0f, dB = 0.0f;
-  float baseA = 0.0f, baseB = 0.0f;  // the weights' reference: mA, mB, or 0 while they are -inf
-  float o[MT][4];  // O^T: rows g, g + 8 of each m-tile; columns hA, hB
-#pragma unroll
-  for (int t = 0; t < MT; ++t) o[t][0] = o[t][1] = o[t][2] = o[t][3] = 0.0f;
 
   const size_t head_base = (size_t(seq) * a.n_kv + kv) * size_t(a.capacity);
   const uint8_t* kbase = a.keys + head_base * a.k_row;
@@ -572,13 +569,6 @@ __global__ void __launch_bounds__(32 * kWarpsOf<KL, VL>, kAnyFp16<KL, VL> ? 2 : 
   uint8_t* my_ring = ring + size_t(warp) * S * (a.k_stage + a.v_stage);
   const int first = sb + kTile * warp;
   const int n_tiles = first < se ? (se - first + kTile * kWarps - 1) / (kTile * kWarps) : 0;
-  [[maybe_unused]] typename PlanOf<KR>::type kplan{};
-  [[maybe_unused]] typename PlanOf<VR>::type vplan{};
-  if constexpr (!KL::kFp16) kplan = KR::plan(a, g, r);
-  if constexpr (!VL::kFp16) vplan = VR::plan(a, g, r);
-  // Positions of this thread's S^T rows g and g + 8 (for the mask).
-  const int pos_g = int(row_position(a.rows, g)), pos_g8 = int(row_position(a.rows, g + 8));
-
   const uint32_t stage_bytes = a.k_stage + a.v_stage;
   // The next tile to copy (tiles are issued in order).
   const uint8_t* knext = kbase + size_t(first) * a.k_row;
@@ -606,6 +596,36 @@ __global__ void __launch_bounds__(32 * kWarpsOf<KL, VL>, kAnyFp16<KL, VL> ? 2 : 
     if (i < n_tiles) issue(i);
     cp_async_commit();
   }
+
+  if constexpr (!KL::kFp16) fill_pair_table<KL::kBits, kWarps>(reinterpret_cast<uint32_t*>(smem), a.k_table, 0, warp, lane);
+  if constexpr (!VL::kFp16) fill_pair_table<VL::kBits, kWarps>(reinterpret_cast<uint32_t*>(smem), a.v_table, 32, warp, lane);
+  // Query B fragments, once.
+  uint32_t qb[KSTEPS][2];
+#pragma unroll
+  for (int c = 0; c < KSTEPS; ++c) {
+    qb[c][0] = q_ok ? pack_half2(q_raw[c].x, q_raw[c].y) : 0u;
+    qb[c][1] = q_ok ? pack_half2(q_raw[c].z, q_raw[c].w) : 0u;
+  }
+  // This thread's score columns: heads 2r and 2r + 1.
+  const int hA = 2 * r, hB = 2 * r + 1;
+  float shiftA = 0.0f, shiftB = 0.0f;
+  if (a.shift) {
+    if (hA < a.group) shiftA = a.shift[size_t(seq) * n_head + head0 + hA] * a.scale_log2;
+    if (hB < a.group) shiftB = a.shift[size_t(seq) * n_head + head0 + hB] * a.scale_log2;
+  }
+  __syncthreads();
+
+  float mA = -INFINITY, mB = -INFINITY, dA = 0.0f, dB = 0.0f;
+  float baseA = 0.0f, baseB = 0.0f;  // the weights' reference: mA, mB, or 0 while they are -inf
+  float o[MT][4];  // O^T: rows g, g + 8 of each m-tile; columns hA, hB
+#pragma unroll
+  for (int t = 0; t < MT; ++t) o[t][0] = o[t][1] = o[t][2] = o[t][3] = 0.0f;
+  [[maybe_unused]] typename PlanOf<KR>::type kplan{};
+  [[maybe_unused]] typename PlanOf<VR>::type vplan{};
+  if constexpr (!KL::kFp16) kplan = KR::plan(a, g, r);
+  if constexpr (!VL::kFp16) vplan = VR::plan(a, g, r);
+  // Positions of this thread's S^T rows g and g + 8 (for the mask).
+  const int pos_g = int(row_position(a.rows, g)), pos_g8 = int(row_position(a.rows, g + 8));
   int stage = 0;  // i % S
   for (int i = 0; i < n_tiles; ++i) {
     const int ahead = stage == 0 ? S - 1 : stage - 1;  // (i + S - 1) % S
@@ -769,6 +789,12 @@ __global__ void __launch_bounds__(32 * kWarpsOf<KL, VL>, kAnyFp16<KL, VL> ? 2 : 
     }
   }
   __syncthreads();
+  // The CTA's state: M, D per head and the warps' o summed in order. Where
+  // the CTAs of the (sequence, kv head) finish the output themselves (a
+  // cluster, below), it stays in shared memory, o in warp 0's slab (each
+  // element is read and rewritten by one thread); else it goes to the
+  // workspace for merge_kernel.
+  const bool finish = kFusedMerge<KL, VL> && a.out != nullptr;
   const size_t state0 = (size_t(seq) * n_head + head0) * a.n_split + split;  // head 0's state
   if (tid < a.group) {
     float M = -INFINITY;
@@ -777,37 +803,47 @@ __global__ void __launch_bounds__(32 * kWarpsOf<KL, VL>, kAnyFp16<KL, VL> ? 2 : 
     for (int w = 0; w < kWarps; ++w) {
       if (warp_m[w][tid] != -INFINITY) D += warp_d[w][tid] * exp2f(warp_m[w][tid] - M);
     }
-    a.ws_m[state0 + size_t(tid) * a.n_split] = M;
-    a.ws_d[state0 + size_t(tid) * a.n_split] = D;
+    if (finish) {
+      cta_m[tid] = M;
+      cta_d[tid] = D;
+    } else {
+      a.ws_m[state0 + size_t(tid) * a.n_split] = M;
+      a.ws_d[state0 + size_t(tid) * a.n_split] = D;
+    }
   }
-  for (int i = tid; i < a.group * HD; i += kThreads) {  // sum the warps in order; fragment order -> element order
+  for (int i = tid; i < a.group * HD; i += kThreads) {  // sum the warps in order
     const int head = i / HD, t = (i % HD) / 16, row = i % 16;
     float sum = 0.0f;
 #pragma unroll
     for (int w = 0; w < kWarps; ++w) sum += acc_o[w * kWarpAcc + head * kAccPitch + i % HD];
-    a.ws_o[(state0 + size_t(head) * a.n_split) * HD + VR::out_element(t, row)] = sum;
+    if (finish) {
+      acc_o[head * kAccPitch + i % HD] = sum;
+    } else {  // fragment order -> element order
+      a.ws_o[(state0 + size_t(head) * a.n_split) * HD + VR::out_element(t, row)] = sum;
+    }
   }
   if constexpr (kFusedMerge<KL, VL>) {
-    if (a.out == nullptr) return;
-    // ---- the last CTA of (sequence, kv head) to finish merges the splits ----
-    // (threadFenceReduction pattern: publish the state, count, and the CTA
-    // that counts last sees every split's state.) This replaces a second
-    // kernel launch.
-    __shared__ bool last;
-    __threadfence();
-    __syncthreads();
-    if (tid == 0) {
-      uint32_t* done = a.splits_done + size_t(seq) * a.n_kv + kv;
-      last = atomicAdd(done, 1u) == uint32_t(a.n_split - 1);
-      if (last) *done = 0;  // ready for the next run (no other CTA of this launch touches it again)
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    // ---- the (sequence, kv head)'s cluster of n_split CTAs finishes the output ----
+    // After a cluster barrier, CTA `split` (its rank in the cluster) folds
+    // every n_split-th element from all the CTAs' states, read through
+    // distributed shared memory in split order: fold_splits, as merge_kernel
+    // does, so the output does not depend on which CTA ends first. The
+    // second barrier keeps each CTA's shared memory alive until the others
+    // have read it. run() asks for this only where clusters exist (sm_90).
+    if (!finish) return;
+    namespace cg = cooperative_groups;
+    const cg::cluster_group cluster = cg::this_cluster();
+    cluster.sync();
+    for (int i = tid * a.n_split + split; i < a.group * HD; i += kThreads * a.n_split) {
+      const int head = i / HD, t = (i % HD) / 16, row = i % 16;
+      a.out[(size_t(seq) * n_head + head0 + head) * HD + VR::out_element(t, row)] = fold_splits(
+          a.n_split, [&](int s) { return *cluster.map_shared_rank(&cta_m[head], s); },
+          [&](int s) { return *cluster.map_shared_rank(&cta_d[head], s); },
+          [&](int s) { return *cluster.map_shared_rank(&acc_o[head * kAccPitch + i % HD], s); });
     }
-    __syncthreads();
-    if (!last) return;
-    __threadfence();
-    for (int i = tid; i < a.group * HD; i += kThreads) {
-      const size_t bh = size_t(seq) * n_head + head0 + i / HD;
-      a.out[bh * HD + i % HD] = merge_element(a.ws_m, a.ws_d, a.ws_o, bh, a.n_split, HD, i % HD);
-    }
+    cluster.sync();
+#endif
   }
 }
 
@@ -818,7 +854,9 @@ __global__ void merge_kernel(const float* __restrict__ ws_m, const float* __rest
                              const float* __restrict__ ws_o, int n_split, int hd, float* __restrict__ out) {
   const size_t bh = blockIdx.x;
   for (int e = int(threadIdx.x); e < hd; e += int(blockDim.x)) {
-    out[bh * hd + e] = merge_element(ws_m, ws_d, ws_o, bh, n_split, hd, e);
+    out[bh * hd + e] = fold_splits(
+        n_split, [&](int s) { return ws_m[bh * n_split + s]; }, [&](int s) { return ws_d[bh * n_split + s]; },
+        [&](int s) { return ws_o[(bh * n_split + s) * hd + e]; });
   }
 }
 
@@ -926,6 +964,25 @@ int index_wavefronts(bool value_reader, int hd, int bits, uint32_t row, uint32_t
   return total;
 }
 
+// A launch in clusters of `cluster` CTAs along the grid's x (the splits).
+struct ClusterLaunch {
+  cudaLaunchAttribute attribute{};
+  cudaLaunchConfig_t config{};  // points at attribute
+  ClusterLaunch(dim3 grid, int threads, size_t dynamic_smem, int cluster) {
+    attribute.id = cudaLaunchAttributeClusterDimension;
+    attribute.val.clusterDim.x = unsigned(cluster);
+    attribute.val.clusterDim.y = 1;
+    attribute.val.clusterDim.z = 1;
+    config.gridDim = grid;
+    config.blockDim = dim3(unsigned(threads));
+    config.dynamicSmemBytes = dynamic_smem;
+    config.attrs = &attribute;
+    config.numAttrs = 1;
+  }
+  ClusterLaunch(const ClusterLaunch&) = delete;
+  ClusterLaunch& operator=(const ClusterLaunch&) = delete;
+};
+
 int log2_exact(int v) {
   int l = 0;
   while ((1 << l) < v) ++l;
@@ -940,7 +997,7 @@ struct DecodeAttention::Params {
   size_t dynamic_smem = 0;
   int threads = 128;
   int ctas_per_sm = 1;
-  bool fused_merge = false;  // kFusedMerge: the kernel can write the output itself
+  bool fused_merge = false;  // kFusedMerge, and clusters of kMaxFusedSplits CTAs fit on this GPU
 };
 
 DecodeAttention::DecodeAttention(const StreamFormat& keys, const StreamFormat& values, int head_dim, int n_kv_head,
@@ -1021,7 +1078,6 @@ DecodeAttention::DecodeAttention(const StreamFormat& keys, const StreamFormat& v
   const bool any_fp16 = keys.fp16 || values.fp16;
   const int stages = any_fp16 ? 2 : 3;  // kStages
   params_->threads = 32 * (any_fp16 ? 4 : 16);  // kWarpsOf
-  params_->fused_merge = !any_fp16;              // kFusedMerge
   const size_t ring = size_t(params_->threads / 32) * stages * (A.k_stage + A.v_stage);
   const size_t merge = size_t(params_->threads / 32) * kMaxRows * (head_dim + 4) * sizeof(float);  // acc_o
   params_->dynamic_smem = tables + std::max(ring, merge);
@@ -1030,7 +1086,14 @@ DecodeAttention::DecodeAttention(const StreamFormat& keys, const StreamFormat& v
   TKV_CUDA(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&params_->ctas_per_sm, params_->kernel, params_->threads,
                                                          params_->dynamic_smem));
   if (params_->ctas_per_sm < 1) throw Error("CUDA decode attention: kernel does not fit on this GPU");
-  sm_count_ = device_info().sm_count;
+  const DeviceInfo dev = device_info();
+  sm_count_ = dev.sm_count;
+  if (!any_fp16 && dev.major >= 9) {  // kFusedMerge: thread block clusters (sm_90)
+    int clusters = 0;
+    const ClusterLaunch largest(dim3(kMaxFusedSplits), params_->threads, params_->dynamic_smem, kMaxFusedSplits);
+    TKV_CUDA(cudaOccupancyMaxActiveClusters(&clusters, params_->kernel, &largest.config));
+    params_->fused_merge = clusters > 0;
+  }
 }
 
 DecodeAttention::~DecodeAttention() = default;
@@ -1058,18 +1121,17 @@ void DecodeAttention::run(const AttentionArgs& args) {
     throw Error("CUDA decode attention: capacity " + std::to_string(args.capacity) +
                 " must be a multiple of 16 and at least max_seq_len " + std::to_string(args.max_seq_len));
   }
+  if (reinterpret_cast<uintptr_t>(args.q) % 16 != 0) {  // the kernel loads the query 16 bytes at a time
+    throw Error("CUDA decode attention: the query must be 16-byte aligned");
+  }
   const int split = args.split > 0 ? args.split : planned_split(args.n_seq, std::max(1, args.max_seq_len));
   if (split % 64 != 0) throw Error("CUDA decode attention: split must be a multiple of 64, got " + std::to_string(split));
   const int n_split = std::max(1, (args.max_seq_len + split - 1) / split);
   const int n_head = n_kv_head_ * group_;
+  const bool fused = params_->fused_merge && n_split <= kMaxFusedSplits;
   const size_t states = size_t(args.n_seq) * n_head * n_split;
-  const size_t need = states * (2 + size_t(head_dim_)) * sizeof(float);
+  const size_t need = fused ? 0 : states * (2 + size_t(head_dim_)) * sizeof(float);
   if (workspace_.bytes() < need) workspace_ = DeviceBuffer(need);
-  const size_t counters = size_t(args.n_seq) * n_kv_head_ * sizeof(uint32_t);
-  if (splits_done_.bytes() < counters) {  // zero once; each run leaves them zero
-    splits_done_ = DeviceBuffer(counters);
-    splits_done_.fill(0);
-  }
   KernelArgs A = params_->base;
   A.keys = static_cast<const uint8_t*>(args.keys);
   A.values = static_cast<const uint8_t*>(args.values);
@@ -1080,16 +1142,18 @@ void DecodeAttention::run(const AttentionArgs& args) {
   A.q = args.q;
   A.shift = args.shift;
   A.scale_log2 = args.scale * kLog2e;
-  A.ws_m = workspace_.as<float>();
-  A.ws_d = A.ws_m + states;
-  A.ws_o = A.ws_d + states;
-  A.splits_done = splits_done_.as<uint32_t>();
-  const bool fused = params_->fused_merge && n_split >= 2 && n_split <= kMaxFusedSplits;
-  A.out = fused ? args.out : nullptr;
   const dim3 grid(unsigned(n_split), unsigned(n_kv_head_), unsigned(args.n_seq));
-  params_->kernel<<<grid, unsigned(params_->threads), params_->dynamic_smem>>>(A);
-  TKV_CUDA_LAUNCH("attention_kernel");
-  if (!fused) {
+  if (fused) {  // one cluster per (sequence, kv head): its n_split CTAs
+    A.out = args.out;
+    const ClusterLaunch launch(grid, params_->threads, params_->dynamic_smem, n_split);
+    TKV_CUDA(cudaLaunchKernelEx(&launch.config, params_->kernel, A));
+  } else {
+    A.ws_m = workspace_.as<float>();
+    A.ws_d = A.ws_m + states;
+    A.ws_o = A.ws_d + states;
+    A.out = nullptr;
+    params_->kernel<<<grid, unsigned(params_->threads), params_->dynamic_smem>>>(A);
+    TKV_CUDA_LAUNCH("attention_kernel");
     merge_kernel<<<unsigned(args.n_seq * n_head), 128>>>(A.ws_m, A.ws_d, A.ws_o, n_split, head_dim_, args.out);
     TKV_CUDA_LAUNCH("merge_kernel");
   }

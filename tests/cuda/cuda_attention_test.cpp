@@ -151,16 +151,26 @@ void check_pair(const PairCase& pc, int hd) {
     a.shift = dshift.as<float>();
     a.scale = scale;
     a.out = dout.as<float>();
-    std::vector<std::vector<float>> outs;
-    // planned, the smallest, three splits of the longest sequence (record
-    // kernels merge 2-4 splits in the kernel itself), one split per sequence
-    for (int split : {0, 64, 2048, 4160}) {
-      dout.fill(0xFF);                  // NaN: every element must be written
+    auto run_split = [&](int split) {
+      dout.fill(0xFF);  // NaN: every element must be written
       a.split = split;
       attn.run(a);
       std::vector<float> out(q.size());
       dout.download(out.data(), out.size() * sizeof(float));
-      outs.push_back(std::move(out));
+      return out;
+    };
+    // planned, the smallest, eight and three splits of the longest sequence,
+    // one split per sequence (record kernels on sm_90 fold 1-4 splits in the
+    // kernel itself, the last two; merge_kernel the others)
+    const std::vector<int> splits = {0, 64, 576, 2048, 4160};
+    std::vector<std::vector<float>> outs;
+    for (int split : splits) outs.push_back(run_split(split));
+    // Each run again gives the same bits: no result depends on which CTA or
+    // warp ends first.
+    for (size_t k = 0; k < splits.size(); ++k) {
+      const std::vector<float> again = run_split(splits[k]);
+      EXPECT_EQ(std::memcmp(again.data(), outs[k].data(), again.size() * sizeof(float)), 0)
+          << "split run " << k << " differs between two runs";
     }
 
     // Reference: one job per (sequence, kv head, piece of <= 8 query heads).
@@ -341,6 +351,19 @@ TEST(CudaAttentionShapes, UnsupportedShapesAreRejectedByName) {
   codec::CodecSpec split{codec::CodecKind::Mse, 3, 0, codec::MseCodebook::Sphere};
   split.split = 32;  // outlier channels: a record of two layouts
   EXPECT_THROW(DecodeAttention(StreamFormat::records(split), StreamFormat::rows_fp16(), 128, 2, 4), Error);
+}
+
+TEST(CudaAttentionShapes, MisalignedQueryIsRejected) {
+  SKIP_WITHOUT_GPU();
+  const codec::CodecSpec g4{codec::CodecKind::Group, 4, 128, codec::MseCodebook::Sphere};
+  DecodeAttention attn(StreamFormat::records(g4), StreamFormat::records(g4), 128, 1, 4);
+  DeviceBuffer q(4 * 128 * sizeof(float) + 16);
+  AttentionArgs a;
+  a.n_seq = 1;
+  a.capacity = 64;
+  a.max_seq_len = 64;
+  a.q = reinterpret_cast<const float*>(q.as<uint8_t>() + 4);  // checked before anything is read
+  EXPECT_THROW(attn.run(a), Error);
 }
 
 }  // namespace
