@@ -38,8 +38,10 @@ constexpr int kBlock = 64;
 // Floats reserved for one padded codebook (256 centroids + two vectors).
 constexpr int kTableFloats = 256 + 32;
 
+// Index vectors per chunk for B-bit indices (see the geometry above).
+constexpr int SubVectors(int bits) { return bits == 3 ? 8 : 8 / bits; }
 template <int B>
-constexpr int kSubVectors = B == 3 ? 8 : 8 / B;
+constexpr int kSubVectors = SubVectors(B);
 
 // The fp16 field at p (unaligned) as float: one F16C conversion where the
 // target has it, not the portable branchy conversion (that cost more than the
@@ -227,6 +229,9 @@ HWY_INLINE void DotRecords(DF df, const uint8_t* HWY_RESTRICT rec, size_t rec_by
     if constexpr (kScaleChunk) {
       for (int v = 0; v < R * NQ; ++v) part[v] = hn::Zero(df);
     }
+    // Unrolled so that the 3-bit shifts by 3k take an immediate count (a
+    // count in a register costs a second, shuffle-port uop).
+    HWY_UNROLL(8)
     for (int k = 0; k < S; ++k) {
       const float* q = qp + c * E + k * N;
       hn::Vec<DF> qv[NQ];
@@ -334,17 +339,30 @@ void AccumulateRecords(const uint8_t* HWY_RESTRICT rec0, size_t rec_bytes, uint3
   constexpr bool kWords = B == 3;  // 3 bits: re-read the words each pass (cheaper than staging bytes)
   constexpr bool kStage = KH < S && !kWords;  // several passes: widen the indices once
   const Centroids<B, DF> centroids(df, table);
-  // Weights times the current group's scale (mse: the norm).   (NQ, kBlock)
-  HWY_ALIGN float wg[NQ * kBlock];
+  // Weights times the current group's scale (mse: the norm); chunks spanning
+  // groups take the weights as they are.   (NQ, kBlock)
+  HWY_ALIGN float wg[kSpan ? 1 : NQ * kBlock];
+  const float* HWY_RESTRICT wf = kSpan ? w : wg;
   // Staged indices of one chunk.   (kBlock, S, N)
   HWY_ALIGN uint8_t staged[kStage ? kBlock * S * N : 1];
+  // The n records' scales are gathered as fp16, then converted and applied N
+  // records at a time (a scalar conversion and NQ products per record cost
+  // about a tenth of the accumulation).
   auto fold = [&](int scale_byte) {
-    for (int r = 0; r < n; ++r) {
-      const float sc = kSpan ? 1.0f : Fp16At(rec0 + size_t(r) * rec_bytes + scale_byte);
+    HWY_ALIGN hwy::float16_t half[kBlock];
+    for (int r = 0; r < n; ++r) std::memcpy(&half[r], rec0 + size_t(r) * rec_bytes + scale_byte, sizeof(half[r]));
+    const hn::Rebind<hwy::float16_t, DF> dh;
+    int r = 0;
+    for (; r + N <= n; r += N) {
+      const auto sc = hn::PromoteTo(df, hn::Load(dh, half + r));
+      for (int j = 0; j < NQ; ++j) hn::Store(hn::Mul(hn::LoadU(df, w + j * kBlock + r), sc), df, wg + j * kBlock + r);
+    }
+    for (; r < n; ++r) {
+      const float sc = Fp16At(reinterpret_cast<const uint8_t*>(half + r));
       for (int j = 0; j < NQ; ++j) wg[j * kBlock + r] = w[j * kBlock + r] * sc;
     }
   };
-  if constexpr (!kGroup || kSpan) fold(0);
+  if constexpr (!kGroup) fold(0);
   const int n_chunks = dim / E;
   const LaneGroups<S, DF> lane_groups(df, group);
   [[maybe_unused]] const Words3<decltype(di)> words3(di);
@@ -363,6 +381,7 @@ void AccumulateRecords(const uint8_t* HWY_RESTRICT rec0, size_t rec_bytes, uint3
         for (int k = 0; k < S; ++k) hn::Store(iv[k], du8, staged + (r * S + k) * N);
       }
     }
+    HWY_UNROLL(8)  // immediate shift counts, as in DotRecords
     for (int k0 = 0; k0 < S; k0 += KH) {
       hn::Vec<DF> acc[NQ * KH];
       for (int v = 0; v < NQ * KH; ++v) acc[v] = hn::Zero(df);
@@ -371,7 +390,7 @@ void AccumulateRecords(const uint8_t* HWY_RESTRICT rec0, size_t rec_bytes, uint3
         hn::Vec<decltype(du8)> iv[kWords ? 1 : S];
         hn::Vec<decltype(di)> words;
         if constexpr (kWords) {
-          words = words3.Load(di, rec + offset);
+          words = hn::ShiftRightSame(words3.Load(di, rec + offset), 3 * k0);  // the pass's first index at bit 0
         } else if constexpr (kStage) {
           for (int kk = 0; kk < KH; ++kk) iv[k0 + kk] = hn::Load(du8, staged + (r * S + k0 + kk) * N);
         } else {
@@ -379,13 +398,14 @@ void AccumulateRecords(const uint8_t* HWY_RESTRICT rec0, size_t rec_bytes, uint3
         }
         hn::Vec<DF> gs;  // per-lane group scales of this chunk
         if constexpr (kSpan) gs = hn::TableLookupLanes(RecordScales(df, rec), gidx);
+        HWY_UNROLL(8)  // immediate shift counts, as in DotRecords
         for (int kk = 0; kk < KH; ++kk) {
           hn::Vec<decltype(di)> idx;
-          if constexpr (kWords) idx = Words3<decltype(di)>::Sub(di, words, k0 + kk); else idx = hn::PromoteTo(di, iv[k0 + kk]);
+          if constexpr (kWords) idx = Words3<decltype(di)>::Sub(di, words, kk); else idx = hn::PromoteTo(di, iv[k0 + kk]);
           auto cv = centroids(df, idx);
           if constexpr (kSpan) cv = hn::Mul(cv, gs);
           for (int j = 0; j < NQ; ++j) {
-            acc[j * KH + kk] = hn::MulAdd(hn::Set(df, wg[j * kBlock + r]), cv, acc[j * KH + kk]);
+            acc[j * KH + kk] = hn::MulAdd(hn::Set(df, wf[j * kBlock + r]), cv, acc[j * KH + kk]);
           }
         }
       }
@@ -497,7 +517,7 @@ inline int PlanSegments(const codec::Codec& codec, int dim, FusedPlan* plans) {
   const bool fused_bits = s.bits == 2 || s.bits == 3 || s.bits == 4 || s.bits == 8;
   const int widest = int(hn::MaxLanes(hn::CappedTag<float, 16>()));
   if ((single && plans[0].lanes == widest) || !one_scale || !fused_bits) return single ? 1 : 0;
-  const int sub = s.bits == 3 ? 8 : 8 / s.bits;  // kSubVectors<B>
+  const int sub = SubVectors(s.bits);
   for (int lanes = widest; lanes > (single ? plans[0].lanes : 2); lanes /= 2) {
     const int head = dim / (lanes * sub) * (lanes * sub);
     if (head == 0 || head == dim) continue;
@@ -717,11 +737,13 @@ void AttendChunkT(const ChunkJob& job, float* work) {
       float sum = 0.0f;
       if constexpr (kFast) {
         int r = 0;
+        auto vsum = hn::Zero(df);
         for (; r + NF <= nb; r += NF) {
           const auto w = hn::Exp(df, hn::Sub(hn::LoadU(df, s + r), hn::Set(df, m)));
           hn::StoreU(w, df, s + r);
-          sum += hn::GetLane(hn::SumOfLanes(df, w));
+          vsum = hn::Add(vsum, w);
         }
+        sum = hn::GetLane(hn::SumOfLanes(df, vsum));
         for (; r < nb; ++r) { s[r] = std::exp(s[r] - m); sum += s[r]; }
       } else {
         for (int r = 0; r < nb; ++r) { s[r] = std::exp(s[r] - m); sum += s[r]; }
