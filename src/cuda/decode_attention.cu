@@ -21,7 +21,8 @@
 // Record expansion writes no shared memory: each thread reads the index
 // bytes of its own fragment elements from the tile (funnel shifts over
 // aligned words) and looks pairs of centroids up in the pair table (see
-// kTableBits): one byte permute and one LDS per two elements at 4 bits. A
+// kTableBits): one byte permute, which builds the entry's shared address,
+// and one LDS per two elements at 4 bits. A
 // record's fp16 scale multiplies the expanded keys (HMUL2) or, with one
 // scale per record, the scores (keys) or the softmax weights (values).
 // Because a dot product does not care about element order, keys use the
@@ -70,6 +71,7 @@ struct KernelArgs {
   float* ws_d;                       // (n_seq, n_head, n_split)
   float* ws_o;                       // (n_seq, n_head, n_split, head_dim) unnormalized
   float* out;                        // (n_seq, n_head, head_dim), written by the cluster; null: merge_kernel merges
+  uint32_t ring_bytes;               // dynamic shared bytes before the pair table (ring, or the warps' merge)
 };
 
 // Folds the partial states of one output element, split by split in order
@@ -197,13 +199,23 @@ struct Records {
 // high ones, as packed) holds half2 {c[e & (2^B - 1)], c[e >> B]}, stored
 // once per bank so that a warp's lookups are conflict-free whatever the
 // indices. Entry e occupies bytes [256 e, 256 e + 256): the key codebook's
-// copies at + 4 lane, the value codebook's at + 128 + 4 lane. So a lookup's
-// byte address is (pair << 8) | column, and for 4-bit records one byte
-// permute builds it from the packed byte and the column (then one LDS):
-// two instructions per two elements. 2^(2B) * 256 bytes: 64 KiB at 4 bits.
+// copies at + 4 lane, the value codebook's at + 128 + 4 lane. In record
+// kernels (one CTA per SM) the table sits after the ring at a shared
+// address aligned to its size, so a lookup's shared address is table |
+// (pair << 8) | column, and for 4-bit records one byte permute builds it
+// from the packed byte and the column (which carries the table's address
+// bits), then one LDS [register]: two instructions per two elements. With
+// the table at an unaligned address the LDS adds the table's address
+// (LDS [register + uniform register] in the SASS, the same instruction
+// count), measured slower (H200, turbo4 at batch 8, 32K: 97.2 -> 94.4 us,
+// medians in one run). Kernels with an FP16 stream (2 CTAs per SM) have no
+// room for the alignment gap and add the address (kAlignedTable).
+// 2^(2B) * 256 bytes: 64 KiB at 4 bits.
 template <class KL, class VL>
 constexpr int kTableBits = (KL::kFp16 ? 0 : KL::kBits) > (VL::kFp16 ? 0 : VL::kBits) ? (KL::kFp16 ? 0 : KL::kBits)
                                                                                    : (VL::kFp16 ? 0 : VL::kBits);
+template <class KL, class VL>
+constexpr bool kAlignedTable = !KL::kFp16 && !VL::kFp16;
 
 // Shared-memory row pitch of FP16 rows: 16 bytes of padding per row keep
 // ldmatrix conflict-free.
@@ -273,20 +285,25 @@ __device__ __forceinline__ void copy_whole_tile(uint32_t stage, const uint8_t* s
   }
 }
 
-// Byte offset in the pair table of pair m (elements 2m, 2m + 1) of a
-// thread's index words, for the table column `col` (< 256).
+// Shared address, less `base`, of the pair-table entry of pair m (elements
+// 2m, 2m + 1) of a thread's index words; col: this lane's column (< 256)
+// plus the table's address where it is aligned (see kTableBits).
 template <int B, int NW>
-__device__ __forceinline__ uint32_t pair_offset(const uint32_t (&x)[NW], int m, uint32_t col) {
+__device__ __forceinline__ uint32_t pair_address(const uint32_t (&x)[NW], int m, uint32_t col) {
   if constexpr (B == 4) {
-    // byte 0 <- col, byte 1 <- byte m of the words, bytes 2, 3 <- 0 (col < 256)
-    return __byte_perm(x[m >> 2], col, 0x5504u | (uint32_t(m & 3) << 4));
+    // byte 0 <- col's, byte 1 <- byte m of the words, bytes 2, 3 <- col's
+    return __byte_perm(x[m >> 2], col, 0x7604u | (uint32_t(m & 3) << 4));
   } else {
     return (index_at<2 * B>(x, m) << 8) | col;
   }
 }
 
-__device__ __forceinline__ uint32_t table_at(const uint8_t* table, uint32_t off) {
-  return *reinterpret_cast<const uint32_t*>(table + off);
+// The pair-table word at a shared address. volatile: the asm reads memory
+// the table fill wrote before a barrier, so it must not move across it.
+__device__ __forceinline__ uint32_t table_at(uint32_t address) {
+  uint32_t v;
+  asm volatile("ld.shared.b32 %0, [%1];" : "=r"(v) : "r"(address));
+  return v;
 }
 
 // Tile layout of records in shared memory (the DecodeAttention constructor
@@ -352,12 +369,12 @@ struct KeyRecords {
       }
     }
   }
-  // col: this lane's key column of the pair table (4 lane).
-  __device__ __forceinline__ void fragment(int c, const uint8_t* table, uint32_t col, uint32_t (&k)[4]) const {
+  // base, col: see pair_address (key column: 4 lane).
+  __device__ __forceinline__ void fragment(int c, uint32_t base, uint32_t col, uint32_t (&k)[4]) const {
 #pragma unroll
     for (int h = 0; h < 2; ++h) {  // row g, then g + 8
-      k[h] = table_at(table, pair_offset<B>(x[h], 2 * c, col));
-      k[h + 2] = table_at(table, pair_offset<B>(x[h], 2 * c + 1, col));
+      k[h] = table_at(base + pair_address<B>(x[h], 2 * c, col));
+      k[h + 2] = table_at(base + pair_address<B>(x[h], 2 * c + 1, col));
       if constexpr (!kFold) {
         const uint32_t s = (4 * c < kElems / 2) ? s_lo[h] : s_hi[h];
         k[h] = hmul2_u32(k[h], s);
@@ -389,7 +406,7 @@ struct KeyRows {
 // 2r+1, 2r+8, 2r+9} of elements [g*HD/8, (g+1)*HD/8); m-tile mt's row g is
 // element g*HD/8 + 2mt and row g + 8 is element g*HD/8 + 2mt + 1: one pair
 // lookup per position, and two byte permutes per pair of positions make the
-// fragment. kFold (one scale per record): the scales multiply the softmax
+// fragment (4-bit records: one lookup per fragment register, see load()). kFold (one scale per record): the scales multiply the softmax
 // weights instead, and the thread loads those of its S^T rows g and g + 8.
 template <int B, int HD, bool kFold>
 struct ValueRecords {
@@ -423,6 +440,25 @@ struct ValueRecords {
   __device__ __forceinline__ void load(const uint8_t* stage, const Plan& p) {
 #pragma unroll
     for (int j = 0; j < 4; ++j) load_words<kWords>(stage + p.word[j], p.sh[j], x[j]);
+    if constexpr (B == 4) {
+      // Regroup the nibbles of each pair of positions, {2r, 2r+1} in x[0],
+      // x[1] and {2r+8, 2r+9} in x[2], x[3]: afterwards byte m of x[0]'s
+      // words holds element 2m of both positions (low nibble: the first),
+      // byte m of x[1]'s element 2m + 1, likewise x[2], x[3]. A pair lookup
+      // then returns a fragment register as it is: six shifts and LOP3s per
+      // pair of words (eight fragment registers) replace a byte permute per
+      // fragment register (H200, turbo4 at batch 8, 32K: 97.2 -> 95.1 us,
+      // medians in one run).
+#pragma unroll
+      for (int w = 0; w < kWords; ++w) {
+#pragma unroll
+        for (int q = 0; q < 4; q += 2) {
+          const uint32_t first = x[q][w], second = x[q + 1][w];
+          x[q][w] = (first & 0x0f0f0f0fu) | ((second << 4) & 0xf0f0f0f0u);
+          x[q + 1][w] = ((first >> 4) & 0x0f0f0f0fu) | (second & 0xf0f0f0f0u);
+        }
+      }
+    }
     if constexpr (kFold) {
       sA = half_at(stage, p.scale[0]);
       sB = half_at(stage, p.scale[1]);
@@ -431,16 +467,21 @@ struct ValueRecords {
       sB = half_at(stage, p.scale[2]) | (half_at(stage, p.scale[3]) << 16);
     }
   }
-  // col: this lane's value column of the pair table (128 + 4 lane).
-  __device__ __forceinline__ void fragment(int mt, const uint8_t* table, uint32_t col, uint32_t (&v)[4]) const {
-    const uint32_t l0 = table_at(table, pair_offset<B>(x[0], mt, col));
-    const uint32_t l1 = table_at(table, pair_offset<B>(x[1], mt, col));
-    const uint32_t l2 = table_at(table, pair_offset<B>(x[2], mt, col));
-    const uint32_t l3 = table_at(table, pair_offset<B>(x[3], mt, col));
-    v[0] = __byte_perm(l0, l1, 0x5410);  // row g (element 2mt), rows 2r, 2r+1
-    v[1] = __byte_perm(l0, l1, 0x7632);  // row g + 8 (element 2mt + 1)
-    v[2] = __byte_perm(l2, l3, 0x5410);  // row g, rows 2r+8, 2r+9
-    v[3] = __byte_perm(l2, l3, 0x7632);
+  // base, col: see pair_address (value column: 128 + 4 lane).
+  __device__ __forceinline__ void fragment(int mt, uint32_t base, uint32_t col, uint32_t (&v)[4]) const {
+    if constexpr (B == 4) {  // regrouped by load(): one lookup per register
+#pragma unroll
+      for (int j = 0; j < 4; ++j) v[j] = table_at(base + pair_address<B>(x[j], mt, col));
+    } else {
+      const uint32_t l0 = table_at(base + pair_address<B>(x[0], mt, col));
+      const uint32_t l1 = table_at(base + pair_address<B>(x[1], mt, col));
+      const uint32_t l2 = table_at(base + pair_address<B>(x[2], mt, col));
+      const uint32_t l3 = table_at(base + pair_address<B>(x[3], mt, col));
+      v[0] = __byte_perm(l0, l1, 0x5410);  // row g (element 2mt), rows 2r, 2r+1
+      v[1] = __byte_perm(l0, l1, 0x7632);  // row g + 8 (element 2mt + 1)
+      v[2] = __byte_perm(l2, l3, 0x5410);  // row g, rows 2r+8, 2r+9
+      v[3] = __byte_perm(l2, l3, 0x7632);
+    }
     if constexpr (!kFold) {
       v[0] = hmul2_u32(v[0], sA);
       v[1] = hmul2_u32(v[1], sA);
@@ -535,7 +576,7 @@ __global__ void __launch_bounds__(32 * kWarpsOf<KL, VL>, kAnyFp16<KL, VL> ? 2 : 
   constexpr int KSTEPS = HD / 16, MT = HD / 16;
   using KR = typename KeyReader<KL, HD>::type;
   using VR = typename ValueReader<VL, HD>::type;
-  // Dynamic shared memory: [key pair table][value pair table unless shared][ring]
+  // Dynamic shared memory: [ring][gap where kAlignedTable][pair table]
   // ring: (warp, stage) x (key tile, value tile); reused for the warps' merge.
   extern __shared__ __align__(16) uint8_t smem[];
   __shared__ float warp_m[kWarps][kMaxRows], warp_d[kWarps][kMaxRows];
@@ -545,8 +586,16 @@ __global__ void __launch_bounds__(32 * kWarpsOf<KL, VL>, kAnyFp16<KL, VL> ? 2 : 
   const int split = int(blockIdx.x), kv = int(blockIdx.y), seq = int(blockIdx.z);
   const int n_head = a.n_kv * a.group, head0 = kv * a.group;
   constexpr int kTableBytes = kTableBits<KL, VL> == 0 ? 0 : (1 << (2 * kTableBits<KL, VL>)) * 256;
-  uint8_t* ring = smem + kTableBytes;
-  const uint32_t kcol = 4u * uint32_t(lane), vcol = 128u + 4u * uint32_t(lane);
+  uint8_t* ring = smem;
+  // The pair table's shared address (see kTableBits; DecodeAttention
+  // reserves room for the gap); lookups add tbase to pair_address.
+  constexpr bool kAligned = kAlignedTable<KL, VL>;
+  const uint32_t smem_base = smem_addr(smem), ring_end = smem_base + a.ring_bytes;
+  const uint32_t table = kAligned && kTableBytes != 0
+                             ? (ring_end + uint32_t(kTableBytes) - 1u) & ~uint32_t(kTableBytes - 1)
+                             : ring_end;
+  const uint32_t tbase = kAligned ? 0u : table;
+  const uint32_t kcol = (kAligned ? table : 0u) + 4u * uint32_t(lane), vcol = kcol + 128u;
 
   // Setup, ordered so that its latencies overlap: the global loads first
   // (the query, then the first tiles, which need the length), the pair
@@ -597,8 +646,9 @@ __global__ void __launch_bounds__(32 * kWarpsOf<KL, VL>, kAnyFp16<KL, VL> ? 2 : 
     cp_async_commit();
   }
 
-  if constexpr (!KL::kFp16) fill_pair_table<KL::kBits, kWarps>(reinterpret_cast<uint32_t*>(smem), a.k_table, 0, warp, lane);
-  if constexpr (!VL::kFp16) fill_pair_table<VL::kBits, kWarps>(reinterpret_cast<uint32_t*>(smem), a.v_table, 32, warp, lane);
+  uint32_t* const table_words = reinterpret_cast<uint32_t*>(smem + (table - smem_base));
+  if constexpr (!KL::kFp16) fill_pair_table<KL::kBits, kWarps>(table_words, a.k_table, 0, warp, lane);
+  if constexpr (!VL::kFp16) fill_pair_table<VL::kBits, kWarps>(table_words, a.v_table, 32, warp, lane);
   // Query B fragments, once.
   uint32_t qb[KSTEPS][2];
 #pragma unroll
@@ -640,6 +690,10 @@ __global__ void __launch_bounds__(32 * kWarpsOf<KL, VL>, kAnyFp16<KL, VL> ? 2 : 
 
     // ---- S^T = K Q^T (two accumulator chains: even and odd k-steps) ----
     float s[4] = {0.f, 0.f, 0.f, 0.f}, s2[4] = {0.f, 0.f, 0.f, 0.f};
+    // Score factors of S^T rows g and g + 8: the softmax scale, times the
+    // key record's scale where there is one (2 multiplies a tile instead of
+    // 8; H200, turbo3 at batch 8, 128K: 359.3 -> 355.4 us in one run).
+    float f_g = a.scale_log2, f_g8 = a.scale_log2;
     if constexpr (KL::kFp16) {
       const int mi = lane >> 3;
       const uint8_t* base = kst + ((mi & 1) * 8 + (lane & 7)) * kRowPitch<HD> + (mi >> 1) * 16;
@@ -655,26 +709,19 @@ __global__ void __launch_bounds__(32 * kWarpsOf<KL, VL>, kAnyFp16<KL, VL> ? 2 : 
 #pragma unroll
       for (int c = 0; c < KSTEPS; ++c) {
         uint32_t k[4];
-        kr.fragment(c, smem, kcol, k);
+        kr.fragment(c, tbase, kcol, k);
         mma16816((c & 1) ? s2 : s, k, qb[c][0], qb[c][1]);
       }
-      if constexpr (KL::kFoldScale) {  // one scale per key record: onto its row of S^T
-        const float sg = kr.scale(0), sg8 = kr.scale(1);
-        s[0] *= sg;
-        s2[0] *= sg;
-        s[1] *= sg;
-        s2[1] *= sg;
-        s[2] *= sg8;
-        s2[2] *= sg8;
-        s[3] *= sg8;
-        s2[3] *= sg8;
+      if constexpr (KL::kFoldScale) {  // one scale per key record: into the factor of its row of S^T
+        f_g *= kr.scale(0);
+        f_g8 *= kr.scale(1);
       }
     }
 
     // ---- online softmax (base 2) per head; this thread: positions g, g+8 of heads hA, hB ----
     // s[0] = (pos g, hA), s[1] = (pos g, hB), s[2] = (pos g+8, hA), s[3] = (pos g+8, hB)
 #pragma unroll
-    for (int j = 0; j < 4; ++j) s[j] = (s[j] + s2[j]) * a.scale_log2 + ((j & 1) ? shiftB : shiftA);
+    for (int j = 0; j < 4; ++j) s[j] = (s[j] + s2[j]) * ((j >> 1) ? f_g8 : f_g) + ((j & 1) ? shiftB : shiftA);
     if (valid < kTile) {  // the split's last tile: mask positions past its end
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
@@ -743,7 +790,7 @@ __global__ void __launch_bounds__(32 * kWarpsOf<KL, VL>, kAnyFp16<KL, VL> ? 2 : 
 #pragma unroll
       for (int t = 0; t < MT; ++t) {
         uint32_t v[4];
-        vr.fragment(t, smem, vcol, v);
+        vr.fragment(t, tbase, vcol, v);
         mma16816(o[t], v, pb0, pb1);
       }
     }
@@ -1080,7 +1127,19 @@ DecodeAttention::DecodeAttention(const StreamFormat& keys, const StreamFormat& v
   params_->threads = 32 * (any_fp16 ? 4 : 16);  // kWarpsOf
   const size_t ring = size_t(params_->threads / 32) * stages * (A.k_stage + A.v_stage);
   const size_t merge = size_t(params_->threads / 32) * kMaxRows * (head_dim + 4) * sizeof(float);  // acc_o
-  params_->dynamic_smem = tables + std::max(ring, merge);
+  A.ring_bytes = uint32_t(std::max(ring, merge));
+  params_->dynamic_smem = A.ring_bytes + tables;
+  if (tables > 0 && !any_fp16) {  // kAlignedTable: the table at the first address past the ring aligned to its size
+    // The dynamic shared memory starts after the kernel's static shared
+    // memory, at most the reserved bytes (and an alignment) further.
+    cudaFuncAttributes attr{};
+    TKV_CUDA(cudaFuncGetAttributes(&attr, params_->kernel));
+    int device = 0, reserved = 0;
+    TKV_CUDA(cudaGetDevice(&device));
+    TKV_CUDA(cudaDeviceGetAttribute(&reserved, cudaDevAttrReservedSharedMemoryPerBlock, device));
+    const size_t lowest = attr.sharedSizeBytes, highest = lowest + size_t(reserved) + 128;
+    params_->dynamic_smem = (highest + A.ring_bytes + tables - 1) / tables * tables + tables - lowest;
+  }
   TKV_CUDA(cudaFuncSetAttribute(params_->kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                 int(params_->dynamic_smem)));
   TKV_CUDA(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&params_->ctas_per_sm, params_->kernel, params_->threads,
