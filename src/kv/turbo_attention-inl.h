@@ -9,9 +9,10 @@
 // it is 3N bytes (N little-endian 24-bit words, one per 32-bit lane: Words3)
 // and lane l of sub-vector k is element 8l + k. Queries and outputs are held in that
 // "chunk order" (Permute / Unpermute below) so no index ever moves across
-// lanes: widening to 32 bits is one PromoteTo, expansion to centroid values
-// one TableLookupLanes (two and a select when the codebook is wider than a
-// vector: 4 bits on AVX2; a gather for 8 bits).
+// lanes: a chunk is widened once to one 32-bit word per lane (IndexWords),
+// index vector k is that word shifted right by B*k, and its expansion to
+// centroid values one TableLookupLanes (two and a select when the codebook
+// is wider than a vector: 4 bits on AVX2; a gather for 8 bits).
 #if defined(TURBOKV_KV_TURBO_ATTENTION_INL_H_) == defined(HWY_TARGET_TOGGLE)
 #ifdef TURBOKV_KV_TURBO_ATTENTION_INL_H_
 #undef TURBOKV_KV_TURBO_ATTENTION_INL_H_
@@ -23,6 +24,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 
 #include "hwy/highway.h"
 #include "hwy/contrib/math/math-inl.h"
@@ -52,24 +54,35 @@ HWY_INLINE float Fp16At(const uint8_t* p) {
   return hn::GetLane(hn::PromoteTo(d1, hn::LoadU(dh1, reinterpret_cast<const hwy::float16_t*>(p))));
 }
 
-// The S index vectors (u8 lanes) of one chunk starting at byte p (B = 2, 4, 8).
-template <int B, class DU8>
-HWY_INLINE void ExtractIndices(DU8 du8, const uint8_t* HWY_RESTRICT p, hn::Vec<DU8>* out) {
-  if constexpr (B == 8) {
-    out[0] = hn::LoadU(du8, p);
-  } else if constexpr (B == 4) {
-    const auto v = hn::LoadU(du8, p);
-    out[0] = hn::And(v, hn::Set(du8, 0x0F));
-    out[1] = hn::ShiftRight<4>(v);
+// On x86 the variable lane permutes read only the low log2(N) bits of each
+// 32-bit index (vpermps, vpermilps): with the codebook repeated to N
+// entries (FillTable), table[idx] is right whatever the bits above B hold,
+// so a shifted index word needs no mask. Elsewhere the mask stays.
+#if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX2
+constexpr bool kPermuteReadsLowBits = true;
+#else
+constexpr bool kPermuteReadsLowBits = false;
+#endif
+template <int B, size_t N>
+constexpr bool kUnmaskedIndices = kPermuteReadsLowBits && (size_t(1) << B) <= N;
+
+// table[idx mod N] per lane (elsewhere than x86: idx < N).
+template <class DF, class VI>
+HWY_INLINE hn::Vec<DF> PermuteLowBits(DF df, hn::Vec<DF> table, VI idx) {
+#if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX2
+  constexpr size_t N = hn::MaxLanes(df);
+  if constexpr (N == 4) {
+    return hn::Vec<DF>{_mm_permutevar_ps(table.raw, idx.raw)};
+  } else if constexpr (N == 8) {
+    return hn::Vec<DF>{_mm256_permutevar8x32_ps(table.raw, idx.raw)};
   } else {
-    static_assert(B == 2, "byte-packed widths are 2, 4, 8; 3 bits use Words3");
-    const auto v = hn::LoadU(du8, p);
-    const auto m = hn::Set(du8, 0x03);
-    out[0] = hn::And(v, m);
-    out[1] = hn::And(hn::ShiftRight<2>(v), m);
-    out[2] = hn::And(hn::ShiftRight<4>(v), m);
-    out[3] = hn::ShiftRight<6>(v);
+#if HWY_TARGET <= HWY_AVX3
+    return hn::Vec<DF>{_mm512_permutexvar_ps(idx.raw, table.raw)};
+#endif
   }
+#else
+  return hn::TableLookupLanes(table, hn::IndicesFromVec(df, idx));
+#endif
 }
 
 // 3-bit indices straight into 32-bit lanes: lane l of a chunk's word vector
@@ -105,9 +118,32 @@ struct Words3 {
     const auto moved = hn::BitCast(DU8(), hn::TableLookupLanes(raw, perm));
     return hn::BitCast(di, hn::TableLookupBytesOr0(moved, spread));
   }
-  // Index vector k of a word vector.
+};
+
+// The index words of a chunk: one 32-bit lane per lane holding all S of its
+// indices (B = 2, 4, 8: the chunk's byte l widened; B = 3: its 24-bit word
+// l), and index vector k of them: the words shifted right by B*k, masked to
+// B bits only where the lookup reads more than the low bits.
+struct NoWords3 {};
+template <int B, class DI>
+struct IndexWords {
+  static constexpr size_t N = hn::MaxLanes(DI());
+  std::conditional_t<B == 3, Words3<DI>, NoWords3> words3;
+  explicit IndexWords(DI di) : words3(MakeWords3(di)) {}
+  HWY_INLINE hn::Vec<DI> Load(DI di, const uint8_t* HWY_RESTRICT p) const {
+    if constexpr (B == 3) return words3.Load(di, p);
+    else return hn::BitCast(di, hn::PromoteTo(hn::RebindToUnsigned<DI>(), hn::LoadU(hn::Rebind<uint8_t, DI>(), p)));
+  }
   static HWY_INLINE hn::Vec<DI> Sub(DI di, hn::Vec<DI> words, int k) {
-    return hn::And(hn::ShiftRightSame(words, 3 * k), hn::Set(di, 7));
+    if constexpr (B == 8) return words;
+    const auto shifted = hn::ShiftRightSame(words, B * k);
+    if constexpr (kUnmaskedIndices<B, N>) return shifted;
+    else return hn::And(shifted, hn::Set(di, (1 << B) - 1));
+  }
+ private:
+  static auto MakeWords3(DI di) {
+    if constexpr (B == 3) return Words3<DI>(di);
+    else return NoWords3();
   }
 };
 
@@ -136,7 +172,8 @@ HWY_INLINE hn::Vec<DF> RecordScales(DF df, const uint8_t* rec) {
   return hn::PromoteTo(df, hn::LoadU(dh, reinterpret_cast<const hwy::float16_t*>(rec)));
 }
 
-// Centroid values of 2^B-entry codebook `table` (padded to kTableFloats).
+// Centroid values of 2^B-entry codebook `table` (kTableFloats, the codebook
+// repeated to 16 entries: FillTable).
 template <int B, class DF>
 struct Centroids {
   static constexpr size_t N = hn::MaxLanes(DF());
@@ -146,7 +183,9 @@ struct Centroids {
 
   template <class VI>
   HWY_INLINE hn::Vec<DF> operator()(DF df, VI idx) const {
-    if constexpr ((size_t(1) << B) <= N) {
+    if constexpr (kUnmaskedIndices<B, N>) {
+      return PermuteLowBits(df, lo, idx);  // idx may hold further indices above bit B
+    } else if constexpr ((size_t(1) << B) <= N) {
       return hn::TableLookupLanes(lo, hn::IndicesFromVec(df, idx));
     } else if constexpr ((size_t(1) << B) <= 2 * N) {
       const hn::RebindToSigned<DF> di;
@@ -197,7 +236,6 @@ HWY_INLINE void DotRecords(DF df, const uint8_t* HWY_RESTRICT rec, size_t rec_by
                            int stride, int group, const float* HWY_RESTRICT qp, const Centroids<B, DF>& centroids,
                            hn::Vec<DF>* acc) {
   const hn::Rebind<int32_t, DF> di;
-  const hn::Rebind<uint8_t, DF> du8;
   constexpr int N = int(hn::MaxLanes(df));
   constexpr int S = kSubVectors<B>;
   constexpr int E = N * S;
@@ -207,15 +245,10 @@ HWY_INLINE void DotRecords(DF df, const uint8_t* HWY_RESTRICT rec, size_t rec_by
   const LaneGroups<S, DF> lane_groups(df, group);
   hn::Vec<DF> scales[R];  // (R) the records' group scales
   for (int rr = 0; rr < R; ++rr) scales[rr] = kGroup ? RecordScales(df, rec + rr * rec_bytes) : hn::Zero(df);
-  [[maybe_unused]] const Words3<decltype(di)> words3(di);
+  const IndexWords<B, decltype(di)> index_words(di);
   for (int c = 0; c < n_chunks; ++c) {
-    constexpr bool kWords = B == 3;
-    hn::Vec<decltype(du8)> iv[R][kWords ? 1 : S];
     hn::Vec<decltype(di)> words[R];
-    for (int rr = 0; rr < R; ++rr) {
-      const uint8_t* p = rec + rr * rec_bytes + index_offset + c * kChunkBytes;
-      if constexpr (kWords) words[rr] = words3.Load(di, p); else ExtractIndices<B>(du8, p, iv[rr]);
-    }
+    for (int rr = 0; rr < R; ++rr) words[rr] = index_words.Load(di, rec + rr * rec_bytes + index_offset + c * kChunkBytes);
     hn::Vec<DF> gs[R];  // per-lane group scales of this chunk, per record
     if constexpr (kGroup) {
       const auto gidx = lane_groups.chunk(df, c * E);
@@ -229,17 +262,15 @@ HWY_INLINE void DotRecords(DF df, const uint8_t* HWY_RESTRICT rec, size_t rec_by
     if constexpr (kScaleChunk) {
       for (int v = 0; v < R * NQ; ++v) part[v] = hn::Zero(df);
     }
-    // Unrolled so that the 3-bit shifts by 3k take an immediate count (a
-    // count in a register costs a second, shuffle-port uop).
+    // Unrolled so that the shifts by B*k take an immediate count (a count in
+    // a register costs a second, shuffle-port uop).
     HWY_UNROLL(8)
     for (int k = 0; k < S; ++k) {
       const float* q = qp + c * E + k * N;
       hn::Vec<DF> qv[NQ];
       for (int j = 0; j < NQ; ++j) qv[j] = hn::LoadU(df, q + size_t(j) * stride);
       for (int rr = 0; rr < R; ++rr) {
-        hn::Vec<decltype(di)> idx;
-        if constexpr (kWords) idx = Words3<decltype(di)>::Sub(di, words[rr], k); else idx = hn::PromoteTo(di, iv[rr][k]);
-        auto cv = centroids(df, idx);
+        auto cv = centroids(df, IndexWords<B, decltype(di)>::Sub(di, words[rr], k));
         if constexpr (kScaleChunk) {
           for (int j = 0; j < NQ; ++j) part[rr * NQ + j] = hn::MulAdd(qv[j], cv, part[rr * NQ + j]);
         } else {
@@ -320,7 +351,8 @@ void ScoreRecords(const uint8_t* HWY_RESTRICT rec0, size_t rec_bytes, uint32_t i
 // lies inside one group (always for mse), the record's scale (mse: norm) is
 // folded into the weights, so the FMAs take broadcast weights straight from
 // memory; chunks spanning groups (kSpan) multiply by per-lane scales instead.
-// With several passes per chunk the indices are widened to bytes once.
+// With several passes per chunk (3 bits, 4 heads) each pass loads the index
+// words again (cheaper than staging them).
 //   w: (NQ, kBlock)   op: (NQ, stride), dim elements of each row
 template <int B, bool kGroup, bool kSpan, int NQ, size_t kN>
 void AccumulateRecords(const uint8_t* HWY_RESTRICT rec0, size_t rec_bytes, uint32_t index_offset, int n, int dim,
@@ -329,22 +361,17 @@ void AccumulateRecords(const uint8_t* HWY_RESTRICT rec0, size_t rec_bytes, uint3
   using DF = hn::CappedTag<float, kN>;
   const DF df;
   const hn::Rebind<int32_t, DF> di;
-  const hn::Rebind<uint8_t, DF> du8;
   constexpr int N = int(hn::MaxLanes(df));
   constexpr int S = kSubVectors<B>;
   constexpr int E = N * S;
   constexpr int kChunkBytes = E * B / 8;
   constexpr int KH = S < 16 / NQ ? S : (16 / NQ < 1 ? 1 : 16 / NQ);  // index vectors per pass
   static_assert(S % KH == 0, "passes must tile the chunk");
-  constexpr bool kWords = B == 3;  // 3 bits: re-read the words each pass (cheaper than staging bytes)
-  constexpr bool kStage = KH < S && !kWords;  // several passes: widen the indices once
   const Centroids<B, DF> centroids(df, table);
   // Weights times the current group's scale (mse: the norm); chunks spanning
   // groups take the weights as they are.   (NQ, kBlock)
   HWY_ALIGN float wg[kSpan ? 1 : NQ * kBlock];
   const float* HWY_RESTRICT wf = kSpan ? w : wg;
-  // Staged indices of one chunk.   (kBlock, S, N)
-  HWY_ALIGN uint8_t staged[kStage ? kBlock * S * N : 1];
   // The n records' scales are gathered as fp16, then converted and applied N
   // records at a time (a scalar conversion and NQ products per record cost
   // about a tenth of the accumulation).
@@ -365,7 +392,7 @@ void AccumulateRecords(const uint8_t* HWY_RESTRICT rec0, size_t rec_bytes, uint3
   if constexpr (!kGroup) fold(0);
   const int n_chunks = dim / E;
   const LaneGroups<S, DF> lane_groups(df, group);
-  [[maybe_unused]] const Words3<decltype(di)> words3(di);
+  const IndexWords<B, decltype(di)> index_words(di);
   int folded_group = -1;
   for (int c = 0; c < n_chunks; ++c) {
     const uint32_t offset = index_offset + uint32_t(c * kChunkBytes);
@@ -374,35 +401,19 @@ void AccumulateRecords(const uint8_t* HWY_RESTRICT rec0, size_t rec_bytes, uint3
       if (g != folded_group) { fold(2 * g); folded_group = g; }
     }
     const auto gidx = lane_groups.chunk(df, kSpan ? c * E : 0);
-    if constexpr (kStage) {
-      for (int r = 0; r < n; ++r) {
-        hn::Vec<decltype(du8)> iv[S];
-        ExtractIndices<B>(du8, rec0 + size_t(r) * rec_bytes + offset, iv);
-        for (int k = 0; k < S; ++k) hn::Store(iv[k], du8, staged + (r * S + k) * N);
-      }
-    }
     HWY_UNROLL(8)  // immediate shift counts, as in DotRecords
     for (int k0 = 0; k0 < S; k0 += KH) {
       hn::Vec<DF> acc[NQ * KH];
       for (int v = 0; v < NQ * KH; ++v) acc[v] = hn::Zero(df);
       for (int r = 0; r < n; ++r) {
         const uint8_t* rec = rec0 + size_t(r) * rec_bytes;
-        hn::Vec<decltype(du8)> iv[kWords ? 1 : S];
-        hn::Vec<decltype(di)> words;
-        if constexpr (kWords) {
-          words = hn::ShiftRightSame(words3.Load(di, rec + offset), 3 * k0);  // the pass's first index at bit 0
-        } else if constexpr (kStage) {
-          for (int kk = 0; kk < KH; ++kk) iv[k0 + kk] = hn::Load(du8, staged + (r * S + k0 + kk) * N);
-        } else {
-          ExtractIndices<B>(du8, rec + offset, iv);
-        }
+        // The pass's first index at bit 0.
+        const auto words = hn::ShiftRightSame(index_words.Load(di, rec + offset), B * k0);
         hn::Vec<DF> gs;  // per-lane group scales of this chunk
         if constexpr (kSpan) gs = hn::TableLookupLanes(RecordScales(df, rec), gidx);
         HWY_UNROLL(8)  // immediate shift counts, as in DotRecords
         for (int kk = 0; kk < KH; ++kk) {
-          hn::Vec<decltype(di)> idx;
-          if constexpr (kWords) idx = Words3<decltype(di)>::Sub(di, words, kk); else idx = hn::PromoteTo(di, iv[k0 + kk]);
-          auto cv = centroids(df, idx);
+          auto cv = centroids(df, IndexWords<B, decltype(di)>::Sub(di, words, kk));
           if constexpr (kSpan) cv = hn::Mul(cv, gs);
           for (int j = 0; j < NQ; ++j) {
             acc[j * KH + kk] = hn::MulAdd(hn::Set(df, wf[j * kBlock + r]), cv, acc[j * KH + kk]);
@@ -582,10 +593,13 @@ inline void NaturalIndices(const FusedPlan* plans, int n_parts, int* natural) {
   }
 }
 
+// The codebook, repeated to 16 entries when smaller (PermuteLowBits), then
+// zeros.   table: (kTableFloats)
 inline void FillTable(const codec::Codec& codec, float* table) {
   const auto c = codec.codebook()->centroids();
   std::fill(table, table + kTableFloats, 0.0f);
-  std::copy(c.begin(), c.end(), table);
+  const size_t n = std::max<size_t>(c.size(), 16);
+  for (size_t i = 0; i < n; ++i) table[i] = c[i % c.size()];
 }
 
 // One position's row as floats: an FP16 row converted, or a record decoded
