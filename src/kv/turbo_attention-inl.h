@@ -8,7 +8,7 @@
 // sub-vector k is element S*l + k (bits [B*k, B*k + B) of byte l); for B = 3
 // it is 3N bytes (N little-endian 24-bit words, one per 32-bit lane: Words3)
 // and lane l of sub-vector k is element 8l + k. Queries and outputs are held in that
-// "chunk order" (Permute / Unpermute below) so no index ever moves across
+// "chunk order" (NaturalIndices below) so no index ever moves across
 // lanes: a chunk is widened once to one 32-bit word per lane (IndexWords),
 // index vector k is that word shifted right by B*k, and its expansion to
 // centroid values one TableLookupLanes (two and a select when the codebook
@@ -87,8 +87,8 @@ HWY_INLINE hn::Vec<DF> PermuteLowBits(DF df, hn::Vec<DF> table, VI idx) {
 
 // 3-bit indices straight into 32-bit lanes: lane l of a chunk's word vector
 // holds the chunk's 24-bit word l (bytes 3l..3l+2), and sub-vector k is
-// (word >> 3k) & 7, so each index vector costs a shift and a mask, with no
-// byte unpacking or widening. The 3N bytes are loaded as 3N/4 dwords (a
+// (word >> 3k) & 7, so each index vector costs a shift (and a mask where
+// the lookup needs one), with no byte unpacking or widening. The 3N bytes are loaded as 3N/4 dwords (a
 // masked load: nothing past the chunk is read), a lane permute gives 128-bit
 // block b the dwords 3b..3b+2, and a byte shuffle inside each block spreads
 // its 12 bytes over 4 lanes.
@@ -135,10 +135,13 @@ struct IndexWords {
     else return hn::BitCast(di, hn::PromoteTo(hn::RebindToUnsigned<DI>(), hn::LoadU(hn::Rebind<uint8_t, DI>(), p)));
   }
   static HWY_INLINE hn::Vec<DI> Sub(DI di, hn::Vec<DI> words, int k) {
-    if constexpr (B == 8) return words;
-    const auto shifted = hn::ShiftRightSame(words, B * k);
-    if constexpr (kUnmaskedIndices<B, N>) return shifted;
-    else return hn::And(shifted, hn::Set(di, (1 << B) - 1));
+    if constexpr (B == 8) {
+      return words;  // one index a lane
+    } else if constexpr (kUnmaskedIndices<B, N>) {
+      return hn::ShiftRightSame(words, B * k);
+    } else {
+      return hn::And(hn::ShiftRightSame(words, B * k), hn::Set(di, (1 << B) - 1));
+    }
   }
  private:
   static auto MakeWords3(DI di) {
