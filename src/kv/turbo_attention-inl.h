@@ -528,9 +528,8 @@ inline int PlanSegments(const codec::Codec& codec, int dim, FusedPlan* plans) {
   const codec::CodecSpec& s = codec.spec();
   const bool one_scale = s.kind == codec::CodecKind::Mse ||
                          (s.kind == codec::CodecKind::Group && s.effective_group() >= dim);
-  const bool fused_bits = s.bits == 2 || s.bits == 3 || s.bits == 4 || s.bits == 8;
   const int widest = int(hn::MaxLanes(hn::CappedTag<float, 16>()));
-  if ((single && plans[0].lanes == widest) || !one_scale || !fused_bits) return single ? 1 : 0;
+  if ((single && plans[0].lanes == widest) || !one_scale || !fused_bits(s.bits)) return single ? 1 : 0;
   const int sub = SubVectors(s.bits);
   for (int lanes = widest; lanes > (single ? plans[0].lanes : 2); lanes /= 2) {
     const int head = dim / (lanes * sub) * (lanes * sub);

@@ -36,7 +36,7 @@ size_t chunk_work_floats(int head_dim) {
 bool fused_layout_supported(const codec::Codec& codec) {
   auto layout_ok = [](const codec::CodecSpec& s) {
     const bool kind_ok = s.kind == codec::CodecKind::Mse || s.kind == codec::CodecKind::Group;
-    return kind_ok && (s.bits == 2 || s.bits == 3 || s.bits == 4 || s.bits == 8);
+    return kind_ok && fused_bits(s.bits);
   };
   const auto parts = codec.parts();  // split records: both parts
   if (parts.empty()) return layout_ok(codec.spec());
