@@ -92,9 +92,16 @@ DeviceBuffer upload_vector(const std::vector<T>& v) {
 
 void synchronize();
 
-// Fills `count` floats at dst with N(0,1)·scale + offset-ish values from a
-// counter hash (seeded; for benchmarks and tests that need big inputs).
+// Fills `count` floats at dst with N(0,1)·scale values from a counter hash
+// (seeded; for benchmarks and tests that need big inputs).
 void fill_random(float* dst, size_t count, uint64_t seed, float scale);
+
+// Enqueues on `stream` (a cudaStream_t; null: the default stream) a
+// one-thread kernel that spins for `microseconds` of the GPU's global
+// timer. Benchmarks put it before a timed region so that the host enqueues
+// the region while the GPU is still busy: the region's events then time the
+// GPU's work and not the host's launch latency (nvbench's blocking kernel).
+void hold_stream(void* stream, double microseconds);
 
 // ---- streams --------------------------------------------------------------------
 
@@ -193,13 +200,15 @@ struct AttentionArgs {
   float scale = 1.0f;            // score = scale * (<q, k̂> + shift)
   float* out = nullptr;          // device (n_seq, n_kv_head * group, head_dim), value stream's space
   int split = 0;                 // positions per split (multiple of 64); 0 = planned
+  void* stream = nullptr;        // cudaStream_t the kernels go to; null: the default stream
 };
 
 class DecodeAttention {
  public:
   DecodeAttention(const StreamFormat& keys, const StreamFormat& values, int head_dim, int n_kv_head, int group);
   ~DecodeAttention();
-  // Asynchronous on the default stream.
+  // Asynchronous on args.stream; allocates nothing once a first call with
+  // as many splits has run, so later calls can be captured in a CUDA graph.
   void run(const AttentionArgs& args);
   // The split run() plans for this batch (positions per CTA).
   int planned_split(int n_seq, int max_seq_len) const;

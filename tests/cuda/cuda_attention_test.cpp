@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
 #include "codec/codec.h"
@@ -364,6 +365,72 @@ TEST(CudaAttentionShapes, MisalignedQueryIsRejected) {
   a.max_seq_len = 64;
   a.q = reinterpret_cast<const float*>(q.as<uint8_t>() + 4);  // checked before anything is read
   EXPECT_THROW(attn.run(a), Error);
+}
+
+// run() on a stream of the caller's, and captured in a CUDA graph and
+// replayed, writes the same bits as on the default stream: through the
+// cluster merge (a split of 2048: 1-3 splits a sequence) and through
+// merge_kernel (the planned split: 11 splits of the longest sequence).
+TEST(CudaAttentionStreams, StreamAndGraphGiveTheSameBits) {
+  SKIP_WITHOUT_GPU();
+  const int hd = 128, n_kv = 2, n_group = 4, n_seq = int(kLengths.size());
+  const Stream s = group(4, 128);
+  const HostStream hk = fill(s, hd, n_seq, n_kv, true, 11), hv = fill(s, hd, n_seq, n_kv, false, 12);
+  Rng rng(13);
+  std::vector<float> q(size_t(n_seq) * n_kv * n_group * hd);
+  for (auto& v : q) v = float(rng.normal());
+  DeviceBuffer dk = upload_vector(hk.bytes), dv = upload_vector(hv.bytes), dlen = upload_vector(kLengths);
+  DeviceBuffer dq = upload_vector(q), dout(q.size() * sizeof(float));
+  DecodeAttention attn(s.fmt, s.fmt, hd, n_kv, n_group);
+  AttentionArgs a;
+  a.n_seq = n_seq;
+  a.seq_len = dlen.as<int>();
+  a.max_seq_len = *std::max_element(kLengths.begin(), kLengths.end());
+  a.capacity = kCapacity;
+  a.keys = dk.data();
+  a.values = dv.data();
+  a.q = dq.as<float>();
+  a.scale = 1.0f / std::sqrt(float(hd));
+  a.out = dout.as<float>();
+  cudaStream_t stream = nullptr;
+  ASSERT_EQ(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), cudaSuccess);
+  auto output = [&]() {
+    std::vector<float> out(q.size());
+    dout.download(out.data(), out.size() * sizeof(float));
+    return out;
+  };
+  for (int split : {2048, 0}) {
+    SCOPED_TRACE("split " + std::to_string(split));
+    a.split = split;
+    a.stream = nullptr;
+    dout.fill(0xFF);  // NaN: every element must be written
+    attn.run(a);
+    synchronize();
+    const std::vector<float> ref = output();
+    for (float v : ref) ASSERT_FALSE(std::isnan(v));
+
+    a.stream = stream;
+    dout.fill(0xFF);
+    synchronize();  // the fill ran on the default stream, which a non-blocking stream does not wait for
+    attn.run(a);
+    ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+    EXPECT_EQ(std::memcmp(output().data(), ref.data(), ref.size() * sizeof(float)), 0) << "on a stream";
+
+    dout.fill(0xFF);
+    synchronize();
+    cudaGraph_t graph = nullptr;
+    cudaGraphExec_t exec = nullptr;
+    ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), cudaSuccess);
+    attn.run(a);
+    ASSERT_EQ(cudaStreamEndCapture(stream, &graph), cudaSuccess);
+    ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
+    ASSERT_EQ(cudaGraphLaunch(exec, stream), cudaSuccess);
+    ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+    EXPECT_EQ(std::memcmp(output().data(), ref.data(), ref.size() * sizeof(float)), 0) << "replayed from a graph";
+    cudaGraphExecDestroy(exec);
+    cudaGraphDestroy(graph);
+  }
+  cudaStreamDestroy(stream);
 }
 
 }  // namespace
