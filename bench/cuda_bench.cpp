@@ -4,15 +4,21 @@
 //
 //   turbokv-cuda-bench [--quick] [--json FILE] [--reps N] [--peak-gbs X]
 //                      [--only BATCH,CTX,HEAD_DIM,GQA] [--schemes S1,S2,...]
-//                      [--split N] [--no-encode]
+//                      [--split N] [--hold-us X] [--no-encode]
 //
 // For every batch x context x head_dim x GQA shape (8 kv heads, every
-// sequence full) and scheme it prints the median time of one decode
-// attention call (CUDA events, after warm-up; caches smaller than 3x the L2
-// are replicated and rotated so that repeated calls do not read from L2),
-// the bytes the call must read (records or rows of every position, query and
-// output excluded), achieved bandwidth as a fraction of the card's peak, and
-// the speed-up over FP16. The peak is 2 x memory clock x bus width from the
+// sequence full) and scheme it prints the median GPU time of one decode
+// attention call, the bytes the call must read (records or rows of every
+// position, query and output excluded), achieved bandwidth as a fraction of
+// the card's peak, and the speed-up over FP16. Each timed call is enqueued
+// behind hold_stream, so its events time the kernels and not the host's
+// launch latency, and runs after an idle GPU (burst clocks). Two more
+// columns: call_us, one call between events with the GPU waiting for the
+// host's launch (the measure before session 6), and sustained_us, replays
+// of a CUDA graph of kGraphCalls calls back to back divided by kGraphCalls
+// (the GPU under continuous load, where the card's power limit can lower
+// its clocks). Caches smaller than 3x the L2 are replicated and rotated so
+// that repeated calls do not read from L2. The peak is 2 x memory clock x bus width from the
 // driver's attributes unless --peak-gbs gives it. Then it times encoding a
 // 32K-token prefix (keys and values of 8 kv heads: one layer).
 // Benchmarks never assert; tests live in tests/cuda.
@@ -45,6 +51,7 @@ namespace {
   } while (0)
 
 constexpr int kKvHeads = 8;
+constexpr int kGraphCalls = 20;     // calls in one replayed graph (sustained_us)
 constexpr uint64_t kSeed = 0x74757262'6f6b7631ull;
 
 struct Scheme {
@@ -120,7 +127,7 @@ Caches build(const Scheme& sc, int batch, int ctx, int hd, int copies, const Dev
 struct Row {
   int batch, ctx, hd, gqa;
   std::string scheme;
-  double us = 0, bytes = 0, gbs = 0, frac_peak = 0, speedup = 0;
+  double us = 0, call_us = 0, sustained_us = 0, bytes = 0, gbs = 0, frac_peak = 0, speedup = 0;
   int split = 0;
 };
 
@@ -150,6 +157,7 @@ int main(int argc, char** argv) try {
   };
   int reps = 30;
   double peak_override = 0;
+  double hold_us = 50;  // hold_stream before each timed call: longer than enqueueing the call takes
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto value = [&]() -> std::string {
@@ -160,6 +168,7 @@ int main(int argc, char** argv) try {
     else if (a == "--json") json_path = value();
     else if (a == "--reps") reps = std::atoi(value().c_str());
     else if (a == "--peak-gbs") peak_override = std::atof(value().c_str());
+    else if (a == "--hold-us") hold_us = std::atof(value().c_str());
     else if (a == "--no-encode") encode = false;
     else if (a == "--split") forced_split = std::atoi(value().c_str());
     else if (a == "--schemes") schemes = split_list(value());
@@ -169,10 +178,11 @@ int main(int argc, char** argv) try {
     } else {
       throw Error("unknown flag " + a +
                   " (expected --quick, --json FILE, --reps N, --peak-gbs X, --only B,C,D,G, --schemes LIST, "
-                  "--split N, --no-encode)");
+                  "--split N, --hold-us X, --no-encode)");
     }
   }
   if (reps < 3) throw Error("--reps must be at least 3");
+  if (!(hold_us >= 1 && hold_us <= 1e6)) throw Error("--hold-us must be between 1 and 1000000");
   if (!device_available()) throw Error("no CUDA device");
   const DeviceInfo dev = device_info();
   const double peak = peak_override > 0 ? peak_override : dev.peak_bandwidth_gbs;
@@ -198,6 +208,24 @@ int main(int argc, char** argv) try {
   cudaEvent_t e0, e1;
   CHECK(cudaEventCreate(&e0));
   CHECK(cudaEventCreate(&e1));
+  cudaStream_t stream = nullptr;
+  CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  // Median over n_reps of the time between events around work(i), which
+  // enqueues on `stream`; `hold`: behind hold_stream. Microseconds.
+  auto time_us = [&](auto&& work, int n_reps, bool hold) {
+    std::vector<double> times;
+    for (int i = 0; i < n_reps; ++i) {
+      if (hold) hold_stream(stream, hold_us);
+      CHECK(cudaEventRecord(e0, stream));
+      work(i);
+      CHECK(cudaEventRecord(e1, stream));
+      CHECK(cudaEventSynchronize(e1));
+      float ms = 0;
+      CHECK(cudaEventElapsedTime(&ms, e0, e1));
+      times.push_back(double(ms) * 1e3);
+    }
+    return median(times);
+  };
   std::vector<Row> rows;
   for (int hd : hds) {
     for (const auto& name : schemes) {
@@ -206,8 +234,8 @@ int main(int argc, char** argv) try {
                   describe(sc.v, hd).c_str());
     }
   }
-  std::printf("\n%5s %7s %3s %3s  %-7s %10s %9s %8s %6s %8s %6s\n", "batch", "ctx", "hd", "gqa", "scheme", "time_us",
-              "MB_read", "GB/s", "%peak", "vs_fp16", "split");
+  std::printf("\n%5s %7s %3s %3s  %-7s %10s %9s %8s %6s %8s %6s %8s %12s\n", "batch", "ctx", "hd", "gqa", "scheme",
+              "time_us", "MB_read", "GB/s", "%peak", "vs_fp16", "split", "call_us", "sustained_us");
   for (int hd : hds) {
     const DeviceRotations rot(signs_for(hd), kKvHeads, hd);
     for (int gqa : gqas) {
@@ -240,33 +268,36 @@ int main(int argc, char** argv) try {
             a.scale = 1.0f / std::sqrt(float(hd));
             a.out = out.as<float>();
             a.split = forced_split;
+            a.stream = stream;
             auto run = [&](int i) {
               a.keys = c.k[size_t(i) % c.k.size()].data();
               a.values = c.v[size_t(i) % c.v.size()].data();
               attn.run(a);
             };
             for (int i = 0; i < 5; ++i) run(i);
-            CHECK(cudaDeviceSynchronize());
-            std::vector<double> times;
-            for (int i = 0; i < reps; ++i) {
-              CHECK(cudaEventRecord(e0));
-              run(i);
-              CHECK(cudaEventRecord(e1));
-              CHECK(cudaEventSynchronize(e1));
-              float ms = 0;
-              CHECK(cudaEventElapsedTime(&ms, e0, e1));
-              times.push_back(double(ms) * 1e3);
-            }
+            CHECK(cudaStreamSynchronize(stream));
             Row r{batch, ctx, hd, gqa, name};
-            r.us = median(times);
+            r.us = time_us(run, reps, true);
+            r.call_us = time_us(run, reps, false);
+            cudaGraph_t graph = nullptr;
+            cudaGraphExec_t exec = nullptr;
+            CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+            for (int i = 0; i < kGraphCalls; ++i) run(i);
+            CHECK(cudaStreamEndCapture(stream, &graph));
+            CHECK(cudaGraphInstantiate(&exec, graph, 0));
+            CHECK(cudaGraphLaunch(exec, stream));
+            r.sustained_us = time_us([&](int) { CHECK(cudaGraphLaunch(exec, stream)); }, reps, false) / kGraphCalls;
+            CHECK(cudaGraphExecDestroy(exec));
+            CHECK(cudaGraphDestroy(graph));
             r.bytes = bytes;
             r.gbs = bytes / (r.us * 1e-6) / 1e9;
             r.frac_peak = r.gbs / peak;
             if (name == "fp16") fp16_us = r.us;
             r.speedup = fp16_us > 0 ? fp16_us / r.us : 0;
             r.split = forced_split > 0 ? forced_split : attn.planned_split(batch, ctx);
-            std::printf("%5d %7d %3d %3d  %-7s %10.1f %9.1f %8.0f %5.1f%% %7.2fx %6d\n", batch, ctx, hd, gqa,
-                        name.c_str(), r.us, bytes / 1e6, r.gbs, 100 * r.frac_peak, r.speedup, r.split);
+            std::printf("%5d %7d %3d %3d  %-7s %10.1f %9.1f %8.0f %5.1f%% %7.2fx %6d %8.1f %12.1f\n", batch, ctx, hd,
+                        gqa, name.c_str(), r.us, bytes / 1e6, r.gbs, 100 * r.frac_peak, r.speedup, r.split, r.call_us,
+                        r.sustained_us);
             std::fflush(stdout);
             rows.push_back(r);
           }
@@ -332,7 +363,8 @@ int main(int argc, char** argv) try {
     for (size_t i = 0; i < rows.size(); ++i) {
       const Row& r = rows[i];
       f << "    {\"batch\": " << r.batch << ", \"ctx\": " << r.ctx << ", \"head_dim\": " << r.hd << ", \"gqa\": " << r.gqa
-        << ", \"kv_heads\": " << kKvHeads << ", \"scheme\": \"" << r.scheme << "\", \"time_us\": " << r.us
+        << ", \"kv_heads\": " << kKvHeads << ", \"scheme\": \"" << r.scheme << "\", \"time_us\": " << r.us << ", \"call_us\": " << r.call_us
+        << ", \"sustained_us\": " << r.sustained_us
         << ", \"bytes\": " << r.bytes << ", \"gbs\": " << r.gbs << ", \"frac_peak\": " << r.frac_peak
         << ", \"speedup_vs_fp16\": " << r.speedup << ", \"split\": " << r.split << "}"
         << (i + 1 < rows.size() ? "," : "") << "\n";

@@ -8,9 +8,14 @@ layer's prefill of 32K tokens for Llama-3-8B's shapes (hidden 4096, 32 query
 heads, 8 kv heads, head_dim 128, MLP 14336): causal FP16 attention, plus the
 layer's weight products in bf16 (QKV, output, gate+up, down). Norms, RoPE
 and activations are left out, so the layer's real prefill is a little
-longer than this sum. Times are medians of CUDA-event-timed calls
-after warm-up; each decode call reads caches rotated among several copies when
-they would fit in L2. Optional: the C++ benchmark has its own FP16 baseline.
+longer than this sum. Times are medians of CUDA-event-timed calls after
+warm-up. Decode calls are timed as turbokv-cuda-bench times them: behind a
+spinning kernel (torch.cuda._sleep), so that the events time the GPU's work
+and not the host's launch (sdpa_us); one call between events, launch
+included (call_us); and replays of a CUDA graph of 20 calls divided by 20
+(sustained_us). Each decode call reads caches rotated among several copies
+when they would fit in L2. Optional: the C++ benchmark has its own FP16
+baseline.
 
     python3 bench/cuda_sdpa_baseline.py [--quick] [--json FILE]
 """
@@ -22,13 +27,18 @@ import torch
 import torch.nn.functional as F
 
 
-def median_ms(fn, reps=30, warmup=5):
+HOLD_CYCLES = 100_000  # torch.cuda._sleep before a held call: about 50 us, longer than enqueueing the call
+
+
+def median_ms(fn, reps=30, warmup=5, hold=False):
     for _ in range(warmup):
         fn(0)
     torch.cuda.synchronize()
     times = []
     for i in range(reps):
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        if hold:
+            torch.cuda._sleep(HOLD_CYCLES)
         a.record()
         fn(i)
         b.record()
@@ -36,6 +46,21 @@ def median_ms(fn, reps=30, warmup=5):
         times.append(a.elapsed_time(b))
     times.sort()
     return times[len(times) // 2]
+
+
+def graph_call_ms(fn, calls=20, reps=30):
+    """Median time of one call of fn over replays of a CUDA graph of `calls` calls."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for i in range(3):
+            fn(i)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for i in range(calls):
+            fn(i)
+    return median_ms(lambda i: graph.replay(), reps) / calls
 
 
 def main():
@@ -51,7 +76,7 @@ def main():
     if args.quick:
         shapes = [(8, 32768, 128, 4)]
     rows = []
-    print(f"{'batch':>5} {'ctx':>7} {'hd':>3} {'gqa':>3} {'sdpa_us':>10} {'GB/s':>8}")
+    print(f"{'batch':>5} {'ctx':>7} {'hd':>3} {'gqa':>3} {'sdpa_us':>10} {'GB/s':>8} {'call_us':>8} {'sustained_us':>12}")
     for b, c, hd, g in shapes:
         cache_bytes = b * kv * c * hd * 2 * 2
         if cache_bytes > 0.6 * dev.total_memory:
@@ -65,10 +90,14 @@ def main():
         def run(i):
             F.scaled_dot_product_attention(q, ks[i % copies], vs[i % copies], enable_gqa=True)
 
-        ms = median_ms(run)
+        ms = median_ms(run, hold=True)
+        call_ms = median_ms(run)
+        sustained_ms = graph_call_ms(run)
         gbs = cache_bytes / (ms * 1e-3) / 1e9
-        print(f"{b:5d} {c:7d} {hd:3d} {g:3d} {ms * 1e3:10.1f} {gbs:8.0f}", flush=True)
-        rows.append({"batch": b, "ctx": c, "head_dim": hd, "gqa": g, "kv_heads": kv, "time_us": ms * 1e3, "gbs": gbs})
+        print(f"{b:5d} {c:7d} {hd:3d} {g:3d} {ms * 1e3:10.1f} {gbs:8.0f} {call_ms * 1e3:8.1f} {sustained_ms * 1e3:12.1f}",
+              flush=True)
+        rows.append({"batch": b, "ctx": c, "head_dim": hd, "gqa": g, "kv_heads": kv, "time_us": ms * 1e3, "gbs": gbs,
+                     "call_us": call_ms * 1e3, "sustained_us": sustained_ms * 1e3})
         del ks, vs, q
         torch.cuda.empty_cache()
 
