@@ -7,12 +7,15 @@
 // vectors of N lanes: for B = 2, 4, 8 the chunk is N bytes and lane l of
 // sub-vector k is element S*l + k (bits [B*k, B*k + B) of byte l); for B = 3
 // it is 3N bytes (N little-endian 24-bit words, one per 32-bit lane: Words3)
-// and lane l of sub-vector k is element 8l + k. Queries and outputs are held in that
+// and lane l of sub-vector k is element 8l + k; for B = 5 it is 2.5N bytes
+// (N 20-bit fields: Words5) and lane l of sub-vector k is element 4l + k.
+// Queries and outputs are held in that
 // "chunk order" (NaturalIndices below) so no index ever moves across
 // lanes: a chunk is widened once to one 32-bit word per lane (IndexWords),
 // index vector k is that word shifted right by B*k, and its expansion to
 // centroid values one TableLookupLanes (two and a select when the codebook
-// is wider than a vector: 4 bits on AVX2; a gather for 8 bits).
+// is wider than a vector: 4 bits on AVX2; one two-table permute for 5 bits
+// on AVX-512; a gather for 5 bits on AVX2 and for 8 bits).
 #if defined(TURBOKV_KV_TURBO_ATTENTION_INL_H_) == defined(HWY_TARGET_TOGGLE)
 #ifdef TURBOKV_KV_TURBO_ATTENTION_INL_H_
 #undef TURBOKV_KV_TURBO_ATTENTION_INL_H_
@@ -41,7 +44,7 @@ constexpr int kBlock = 64;
 constexpr int kTableFloats = 256 + 32;
 
 // Index vectors per chunk for B-bit indices (see the geometry above).
-constexpr int SubVectors(int bits) { return bits == 3 ? 8 : 8 / bits; }
+constexpr int SubVectors(int bits) { return bits == 3 ? 8 : bits == 5 ? 4 : 8 / bits; }
 template <int B>
 constexpr int kSubVectors = SubVectors(B);
 
@@ -63,8 +66,17 @@ constexpr bool kPermuteReadsLowBits = true;
 #else
 constexpr bool kPermuteReadsLowBits = false;
 #endif
+// The AVX-512 two-table permute (vpermt2ps) reads the low 5 bits of each
+// index: a 32-entry codebook in two vectors of 16 lanes needs no mask either.
+#if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX3
+constexpr bool kPermute2ReadsLowBits = true;
+#else
+constexpr bool kPermute2ReadsLowBits = false;
+#endif
 template <int B, size_t N>
-constexpr bool kUnmaskedIndices = kPermuteReadsLowBits && (size_t(1) << B) <= N;
+constexpr bool kTwoTableLowBits = kPermute2ReadsLowBits && N == 16 && (size_t(1) << B) == 2 * N;
+template <int B, size_t N>
+constexpr bool kUnmaskedIndices = (kPermuteReadsLowBits && (size_t(1) << B) <= N) || kTwoTableLowBits<B, N>;
 
 // table[idx mod N] per lane (elsewhere than x86: idx < N).
 template <class DF, class VI>
@@ -120,18 +132,58 @@ struct Words3 {
   }
 };
 
+// 5-bit indices, four to a 32-bit lane (8 and 16 lanes): a chunk is 2.5N
+// bytes and lane l holds its 20-bit field l, which starts at byte 5l/2 (at
+// bit 4 of it for odd l). As in Words3: a masked load of the chunk's 5N/8
+// dwords, a lane permute that gives 128-bit block b the four dwords from
+// dword 10b/4 on, a byte shuffle inside each block that puts each lane's
+// four bytes in place, and a shift by 0 or 4 per lane. Used by the near
+// tier of turbo4 (the 26 tokens after the FP16 window, at 5 bits).
+template <class DI>
+struct Words5 {
+  using DU = hn::RebindToUnsigned<DI>;
+  using DU8 = hn::Repartition<uint8_t, DU>;
+  static constexpr size_t N = hn::MaxLanes(DI());
+  static_assert(N == 8 || N == 16, "a chunk of 2.5N bytes is whole dwords");
+  decltype(hn::IndicesFromVec(DU(), hn::Zero(DU()))) perm;
+  hn::Vec<DU8> spread;
+  hn::Vec<DU> shift;
+  explicit Words5(DI)
+      : perm(hn::IndicesFromVec(DU(), hn::Zero(DU()))), spread(hn::Zero(DU8())), shift(hn::Zero(DU())) {
+    HWY_ALIGN uint32_t dword[N], bits[N];
+    HWY_ALIGN uint8_t pattern[4 * N];
+    for (size_t l = 0; l < N; ++l) {
+      const size_t first = 10 * (l / 4) / 4;  // the first dword of l's block
+      dword[l] = uint32_t(first + l % 4);
+      bits[l] = uint32_t(l & 1) * 4;
+      for (size_t j = 0; j < 4; ++j) pattern[4 * l + j] = uint8_t(5 * l / 2 - 4 * first + j);
+    }
+    perm = hn::IndicesFromVec(DU(), hn::Load(DU(), dword));
+    spread = hn::Load(DU8(), pattern);
+    shift = hn::Load(DU(), bits);
+  }
+  HWY_INLINE hn::Vec<DI> Load(DI di, const uint8_t* HWY_RESTRICT p) const {
+    const DU du;
+    const auto raw = hn::MaskedLoad(hn::FirstN(du, 5 * N / 8), du, reinterpret_cast<const uint32_t*>(p));
+    const auto moved = hn::BitCast(DU8(), hn::TableLookupLanes(raw, perm));
+    return hn::BitCast(di, hn::Shr(hn::BitCast(du, hn::TableLookupBytes(moved, spread)), shift));
+  }
+};
+
 // The index words of a chunk: one 32-bit lane per lane holding all S of its
 // indices (B = 2, 4, 8: the chunk's byte l widened; B = 3: its 24-bit word
-// l), and index vector k of them: the words shifted right by B*k, masked to
-// B bits only where the lookup reads more than the low bits.
-struct NoWords3 {};
+// l; B = 5: its 20-bit field l), and index vector k of them: the words
+// shifted right by B*k, masked to B bits only where the lookup reads more
+// than the low bits.
+struct NoWords {};
 template <int B, class DI>
 struct IndexWords {
   static constexpr size_t N = hn::MaxLanes(DI());
-  std::conditional_t<B == 3, Words3<DI>, NoWords3> words3;
-  explicit IndexWords(DI di) : words3(MakeWords3(di)) {}
+  using Packed = std::conditional_t<B == 3, Words3<DI>, std::conditional_t<B == 5, Words5<DI>, NoWords>>;
+  Packed packed;
+  explicit IndexWords(DI di) : packed(MakePacked(di)) {}
   HWY_INLINE hn::Vec<DI> Load(DI di, const uint8_t* HWY_RESTRICT p) const {
-    if constexpr (B == 3) return words3.Load(di, p);
+    if constexpr (B == 3 || B == 5) return packed.Load(di, p);
     else return hn::BitCast(di, hn::PromoteTo(hn::RebindToUnsigned<DI>(), hn::LoadU(hn::Rebind<uint8_t, DI>(), p)));
   }
   static HWY_INLINE hn::Vec<DI> Sub(DI di, hn::Vec<DI> words, int k) {
@@ -144,9 +196,9 @@ struct IndexWords {
     }
   }
  private:
-  static auto MakeWords3(DI di) {
-    if constexpr (B == 3) return Words3<DI>(di);
-    else return NoWords3();
+  static Packed MakePacked(DI di) {
+    if constexpr (B == 3 || B == 5) return Packed(di);
+    else return NoWords();
   }
 };
 
@@ -186,7 +238,11 @@ struct Centroids {
 
   template <class VI>
   HWY_INLINE hn::Vec<DF> operator()(DF df, VI idx) const {
-    if constexpr (kUnmaskedIndices<B, N>) {
+    if constexpr (kTwoTableLowBits<B, N>) {
+#if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX3
+      return hn::Vec<DF>{_mm512_permutex2var_ps(lo.raw, idx.raw, hi.raw)};  // idx may hold further indices above bit B
+#endif
+    } else if constexpr (kUnmaskedIndices<B, N>) {
       return PermuteLowBits(df, lo, idx);  // idx may hold further indices above bit B
     } else if constexpr ((size_t(1) << B) <= N) {
       return hn::TableLookupLanes(lo, hn::IndicesFromVec(df, idx));
@@ -453,6 +509,9 @@ struct FusedPlan {
 template <int B, bool kGroup, size_t kN>
 bool PlanWith(int hd, int group, size_t record_bytes, FusedPlan& plan) {
   constexpr int N = int(hn::MaxLanes(hn::CappedTag<float, kN>()));
+  if constexpr (B == 5 && N != 8 && N != 16) {
+    return false;  // Words5
+  } else {
   constexpr int E = N * kSubVectors<B>;
   if (hd % E != 0) return false;
   if (kGroup && (hd / group > N || record_bytes < size_t(2 * N))) return false;  // LaneGroups
@@ -472,6 +531,7 @@ bool PlanWith(int hd, int group, size_t record_bytes, FusedPlan& plan) {
     plan.accumulate[2] = &AccumulateRecords<B, kGroup, false, 4, kN>;
   }
   return true;
+  }
 }
 
 // The widest vector whose chunk divides the head size (and the group size).
@@ -487,6 +547,7 @@ bool PlanKind(int bits, int hd, int group, size_t record_bytes, FusedPlan& plan)
     case 2: return PlanBits<2, kGroup>(hd, group, record_bytes, plan);
     case 3: return PlanBits<3, kGroup>(hd, group, record_bytes, plan);
     case 4: return PlanBits<4, kGroup>(hd, group, record_bytes, plan);
+    case 5: return PlanBits<5, kGroup>(hd, group, record_bytes, plan);
     case 8: return PlanBits<8, kGroup>(hd, group, record_bytes, plan);
     default: return false;
   }

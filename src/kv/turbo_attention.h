@@ -89,7 +89,7 @@ struct ChunkJob {
 size_t chunk_work_floats(int head_dim);
 
 // Index widths the fused kernels read (PlanKind's cases).
-constexpr bool fused_bits(int bits) { return bits == 2 || bits == 3 || bits == 4 || bits == 8; }
+constexpr bool fused_bits(int bits) { return (bits >= 2 && bits <= 5) || bits == 8; }
 
 // Whether the fused kernels read this codec's records for this head size
 // (on the instruction set chosen now; the scalar fallback is always valid).

@@ -109,7 +109,7 @@ codec::CodecSpec split_spec(codec::CodecSpec s, int k) {
   return s;
 }
 const int kHeadDims[] = {8, 64, 80, 96, 128, 256};
-const int kBits[] = {2, 3, 4, 8};
+const int kBits[] = {2, 3, 4, 5, 8};
 const int kGqa[] = {1, 2, 4, 8};
 
 TEST(TurboAttention, MseMatchesReferenceOnOddSizes) {
@@ -173,20 +173,35 @@ TEST(TurboAttention, ScalarFallbacksMatchReference) {
   check({prod, mse(4), 64, 4, 0, 17}, StreamRead::Codec, StreamRead::Fused);
   check({mse(4), affine, 128, 2, 3, 300}, StreamRead::Fused, StreamRead::Codec);
   check({mse(4), mse(4), 128, 2, 0, 100}, StreamRead::Codec, StreamRead::Codec);
-  // A split record with a part the kernels do not read (5 bits) is read
+  // A split record with a part the kernels do not read (6 bits) is read
   // whole by the codec.
-  EXPECT_FALSE(fused_layout_supported(codec::Codec(split_spec(mse(4), 32), 128)));
-  check({split_spec(mse(4), 32), split_spec(group(4, 16), 16), 128, 4, 0, 90}, StreamRead::Codec, StreamRead::Codec);
-  check({split_spec(mse(4), 32), split_spec(mse(3), 64), 128, 2, 0, 90});  // kernels refuse the 5-bit part too
+  EXPECT_FALSE(fused_layout_supported(codec::Codec(split_spec(mse(5), 32), 128)));
+  check({split_spec(mse(5), 32), split_spec(group(5, 16), 16), 128, 4, 0, 90}, StreamRead::Codec, StreamRead::Codec);
+  check({split_spec(mse(5), 32), split_spec(mse(3), 64), 128, 2, 0, 90});  // kernels refuse the 6-bit part too
 }
 
-// Split records (outlier channels): each part read by its own kernels (3-
-// and 4-bit parts of 16..96 elements, chunked at whatever width divides
+// 5-bit records (turbo4's near tier, and the outlier part of a 4-bit split
+// record) take the fused kernels wherever vectors have 8 or 16 lanes.
+TEST(TurboAttention, FiveBitRecordsAreFused) {
+#if HWY_ARCH_X86
+  if ((hwy::SupportedTargets() & (HWY_AVX2 | HWY_AVX3)) == 0) GTEST_SKIP() << "no AVX2";
+  for (int hd : {64, 128, 256}) {
+    EXPECT_TRUE(fused_layout_supported(codec::Codec(mse(5), hd))) << hd;
+    EXPECT_TRUE(fused_layout_supported(codec::Codec(group(5, 32), hd))) << hd;
+  }
+#else
+  GTEST_SKIP() << "x86 only";
+#endif
+}
+
+// Split records (outlier channels): each part read by its own kernels (2-
+// to 5-bit parts of 16..96 elements, chunked at whatever width divides
 // them), the two parts' dots added before the softmax.
 TEST(TurboAttention, SplitRecordsMatchReference) {
   EXPECT_TRUE(fused_layout_supported(codec::Codec(split_spec(mse(3), 32), 128)));
+  EXPECT_TRUE(fused_layout_supported(codec::Codec(split_spec(mse(4), 32), 128)));  // a 5-bit outlier part
   for (int hd : {64, 96, 128, 256}) {
-    for (int b : {2, 3}) {
+    for (int b : {2, 3, 4}) {
       for (int k : {16, 32, 64}) {
         if (k >= hd) continue;
         for (int nq : kGqa) check({split_spec(mse(b), k), split_spec(mse(b), k), hd, nq, 0, 67});
