@@ -21,17 +21,18 @@
 //           into the weights, which the FMAs broadcast from memory.
 // No float copy of a key or value is made. The fused kernels keep queries and
 // outputs in the order the packed bytes unpack in (a fixed permutation inside
-// every E-element chunk, E = lanes * 8 / bits, 8 * lanes at 3 bits); it is
-// undone once per job. Cost per position: 2 * n_q * d FMAs plus O(d) index
-// expansions, reading one record per stream (e.g. 2 + d/2 bytes for mse4).
+// every E-element chunk, E = lanes * 8 / bits, 8 * lanes at 3 bits, 4 *
+// lanes at 5 bits); it is undone once per job. Cost per position:
+// 2 * n_q * d FMAs plus O(d) index expansions, reading one record per
+// stream (e.g. 2 + d/2 bytes for mse4).
 //
 // Which layouts are fused (StreamRead::Fused, checked again per instruction
-// set): mse and group at 2, 3, 4 and 8 bits, when the head size is a multiple
-// of E for some vector length >= 4 (and, for group, d / G <= lanes and a
-// record of >= 2 * lanes bytes). A record with one scale (mse, group with one
-// group) that no wide chunk divides is read in two segments, a head at a
-// wide vector and the rest at a narrower one (3 bits at 96: 64 at 8 lanes,
-// 32 at 4). prod and affine, other bit widths and the shapes that do not
+// set): mse and group at 2, 3, 4, 5 and 8 bits, when the head size is a
+// multiple of E for some vector length >= 4 (>= 8 at 5 bits; and, for
+// group, d / G <= lanes and a record of >= 2 * lanes bytes). A record with
+// one scale (mse, group with one group) that no wide chunk divides is read
+// in two segments, a head at a wide vector and the rest at a narrower one
+// (3 bits at 96: 64 at 8 lanes, 32 at 4). prod and affine, other bit widths and the shapes that do not
 // chunk (e.g. 3 bits at head size 80) use the codec's scalar dot_rotated /
 // decode_rotated (StreamRead::Codec): correct, not fast. Split records
 // (outlier channels) are read part by part, each part in its segments with
