@@ -9,13 +9,13 @@
 // it is 3N bytes (N little-endian 24-bit words, one per 32-bit lane: Words3)
 // and lane l of sub-vector k is element 8l + k; for B = 5 it is 2.5N bytes
 // (N 20-bit fields: Words5) and lane l of sub-vector k is element 4l + k.
-// Queries and outputs are held in that
-// "chunk order" (NaturalIndices below) so no index ever moves across
-// lanes: a chunk is widened once to one 32-bit word per lane (IndexWords),
-// index vector k is that word shifted right by B*k, and its expansion to
-// centroid values one TableLookupLanes (two and a select when the codebook
-// is wider than a vector: 4 bits on AVX2; one two-table permute for 5 bits
-// on AVX-512; a gather for 5 bits on AVX2 and for 8 bits).
+// Queries and outputs are held in that "chunk order" (NaturalIndices
+// below) so no index ever moves across lanes: a chunk is widened once to
+// one 32-bit word per lane (IndexWords), index vector k is that word
+// shifted right by B*k, and its expansion to centroid values one
+// TableLookupLanes (two and a select when the codebook is wider than a
+// vector: 4 bits on AVX2; one two-table permute for 5 bits on AVX-512; a
+// gather for 5 bits on AVX2 and for 8 bits).
 #if defined(TURBOKV_KV_TURBO_ATTENTION_INL_H_) == defined(HWY_TARGET_TOGGLE)
 #ifdef TURBOKV_KV_TURBO_ATTENTION_INL_H_
 #undef TURBOKV_KV_TURBO_ATTENTION_INL_H_
@@ -510,27 +510,27 @@ template <int B, bool kGroup, size_t kN>
 bool PlanWith(int hd, int group, size_t record_bytes, FusedPlan& plan) {
   constexpr int N = int(hn::MaxLanes(hn::CappedTag<float, kN>()));
   if constexpr (B == 5 && N != 8 && N != 16) {
-    return false;  // Words5
+    return false;  // Words5 reads 8 or 16 lanes
   } else {
-  constexpr int E = N * kSubVectors<B>;
-  if (hd % E != 0) return false;
-  if (kGroup && (hd / group > N || record_bytes < size_t(2 * N))) return false;  // LaneGroups
-  plan.lanes = N;
-  plan.sub = kSubVectors<B>;
-  plan.chunk = E;
-  plan.score[0] = &ScoreRecords<B, kGroup, 1, kN>;
-  plan.score[1] = &ScoreRecords<B, kGroup, 2, kN>;
-  plan.score[2] = &ScoreRecords<B, kGroup, 4, kN>;
-  if (kGroup && E > group) {  // chunks span groups
-    plan.accumulate[0] = &AccumulateRecords<B, kGroup, true, 1, kN>;
-    plan.accumulate[1] = &AccumulateRecords<B, kGroup, true, 2, kN>;
-    plan.accumulate[2] = &AccumulateRecords<B, kGroup, true, 4, kN>;
-  } else {
-    plan.accumulate[0] = &AccumulateRecords<B, kGroup, false, 1, kN>;
-    plan.accumulate[1] = &AccumulateRecords<B, kGroup, false, 2, kN>;
-    plan.accumulate[2] = &AccumulateRecords<B, kGroup, false, 4, kN>;
-  }
-  return true;
+    constexpr int E = N * kSubVectors<B>;
+    if (hd % E != 0) return false;
+    if (kGroup && (hd / group > N || record_bytes < size_t(2 * N))) return false;  // LaneGroups
+    plan.lanes = N;
+    plan.sub = kSubVectors<B>;
+    plan.chunk = E;
+    plan.score[0] = &ScoreRecords<B, kGroup, 1, kN>;
+    plan.score[1] = &ScoreRecords<B, kGroup, 2, kN>;
+    plan.score[2] = &ScoreRecords<B, kGroup, 4, kN>;
+    if (kGroup && E > group) {  // chunks span groups
+      plan.accumulate[0] = &AccumulateRecords<B, kGroup, true, 1, kN>;
+      plan.accumulate[1] = &AccumulateRecords<B, kGroup, true, 2, kN>;
+      plan.accumulate[2] = &AccumulateRecords<B, kGroup, true, 4, kN>;
+    } else {
+      plan.accumulate[0] = &AccumulateRecords<B, kGroup, false, 1, kN>;
+      plan.accumulate[1] = &AccumulateRecords<B, kGroup, false, 2, kN>;
+      plan.accumulate[2] = &AccumulateRecords<B, kGroup, false, 4, kN>;
+    }
+    return true;
   }
 }
 
