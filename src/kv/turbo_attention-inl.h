@@ -6,9 +6,10 @@
 // chunk is the E = N * S consecutive elements whose indices fill S index
 // vectors of N lanes: for B = 2, 4, 8 the chunk is N bytes and lane l of
 // sub-vector k is element S*l + k (bits [B*k, B*k + B) of byte l); for B = 3
-// it is 3N bytes (N little-endian 24-bit words, one per 32-bit lane: Words3)
-// and lane l of sub-vector k is element 8l + k; for B = 5 it is 2.5N bytes
-// (N 20-bit fields: Words5) and lane l of sub-vector k is element 4l + k.
+// it is 3N bytes (N little-endian 24-bit fields, one per 32-bit lane:
+// PackedWords) and lane l of sub-vector k is element 8l + k; for B = 5 it
+// is 2.5N bytes (N 20-bit fields) and lane l of sub-vector k is element
+// 4l + k.
 // Queries and outputs are held in that "chunk order" (NaturalIndices
 // below) so no index ever moves across lanes: a chunk is widened once to
 // one 32-bit word per lane (IndexWords), index vector k is that word
@@ -97,66 +98,39 @@ HWY_INLINE hn::Vec<DF> PermuteLowBits(DF df, hn::Vec<DF> table, VI idx) {
 #endif
 }
 
-// 3-bit indices straight into 32-bit lanes: lane l of a chunk's word vector
-// holds the chunk's 24-bit word l (bytes 3l..3l+2), and sub-vector k is
-// (word >> 3k) & 7, so each index vector costs a shift (and a mask where
-// the lookup needs one), with no byte unpacking or widening. The 3N bytes are loaded as 3N/4 dwords (a
-// masked load: nothing past the chunk is read), a lane permute gives 128-bit
-// block b the dwords 3b..3b+2, and a byte shuffle inside each block spreads
-// its 12 bytes over 4 lanes.
-template <class DI>
-struct Words3 {
+// Indices whose S per lane do not fill whole bytes (B = 3: a 24-bit field
+// per lane; B = 5: 20 bits, starting at bit 4 of a byte for odd lanes),
+// straight into 32-bit lanes: lane l holds the chunk's field l, at bit 0,
+// with no byte unpacking or widening. The chunk's bytes are loaded as whole
+// dwords (a masked load: nothing past the chunk is read), a lane permute
+// gives each 128-bit block the four dwords from the one its first field
+// starts in, a byte shuffle inside each block puts each lane's bytes in
+// place (zero above them) and, for B = 5, a shift by 0 or 4 per lane
+// aligns the field.
+template <int B, class DI>
+struct PackedWords {
   using DU = hn::RebindToUnsigned<DI>;
   using DU8 = hn::Repartition<uint8_t, DU>;
   static constexpr size_t N = hn::MaxLanes(DI());
-  decltype(hn::IndicesFromVec(DU(), hn::Zero(DU()))) perm;
-  hn::Vec<DU8> spread;
-  explicit Words3(DI) : perm(hn::IndicesFromVec(DU(), hn::Zero(DU()))) {
-    const DU du;
-    const DU8 d8;
-    const auto lane = hn::Iota(du, 0);
-    const auto three = hn::Set(du, 3u);
-    perm = hn::IndicesFromVec(du, hn::Add(hn::Mul(hn::ShiftRight<2>(lane), three), hn::Min(hn::And(lane, three), hn::Set(du, 2u))));
-    HWY_ALIGN uint8_t pattern[hn::MaxLanes(DU8())];
-    for (size_t j = 0; j < hn::Lanes(d8); ++j) {
-      const size_t r = j & 3, q = (j & 15) >> 2;
-      pattern[j] = r == 3 ? uint8_t(0x80) : uint8_t(3 * q + r);
-    }
-    spread = hn::Load(d8, pattern);
-  }
-  HWY_INLINE hn::Vec<DI> Load(DI di, const uint8_t* HWY_RESTRICT p) const {
-    const DU du;
-    const auto raw = hn::MaskedLoad(hn::FirstN(du, 3 * N / 4), du, reinterpret_cast<const uint32_t*>(p));
-    const auto moved = hn::BitCast(DU8(), hn::TableLookupLanes(raw, perm));
-    return hn::BitCast(di, hn::TableLookupBytesOr0(moved, spread));
-  }
-};
-
-// 5-bit indices, four to a 32-bit lane (8 and 16 lanes): a chunk is 2.5N
-// bytes and lane l holds its 20-bit field l, which starts at byte 5l/2 (at
-// bit 4 of it for odd l). As in Words3: a masked load of the chunk's 5N/8
-// dwords, a lane permute that gives 128-bit block b the four dwords from
-// dword 10b/4 on, a byte shuffle inside each block that puts each lane's
-// four bytes in place, and a shift by 0 or 4 per lane. Used by the near
-// tier of turbo4 (the 26 tokens after the FP16 window, at 5 bits).
-template <class DI>
-struct Words5 {
-  using DU = hn::RebindToUnsigned<DI>;
-  using DU8 = hn::Repartition<uint8_t, DU>;
-  static constexpr size_t N = hn::MaxLanes(DI());
-  static_assert(N == 8 || N == 16, "a chunk of 2.5N bytes is whole dwords");
+  static constexpr size_t kFieldBits = size_t(B) * kSubVectors<B>;
+  static constexpr size_t kDwords = kFieldBits * N / 32;
+  static constexpr bool kShift = kFieldBits % 8 != 0;
+  static_assert(kFieldBits * N % 32 == 0, "a chunk is whole dwords");
   decltype(hn::IndicesFromVec(DU(), hn::Zero(DU()))) perm;
   hn::Vec<DU8> spread;
   hn::Vec<DU> shift;
-  explicit Words5(DI)
+  explicit PackedWords(DI)
       : perm(hn::IndicesFromVec(DU(), hn::Zero(DU()))), spread(hn::Zero(DU8())), shift(hn::Zero(DU())) {
     HWY_ALIGN uint32_t dword[N], bits[N];
     HWY_ALIGN uint8_t pattern[4 * N];
     for (size_t l = 0; l < N; ++l) {
-      const size_t first = 10 * (l / 4) / 4;  // the first dword of l's block
+      const size_t bit = kFieldBits * l;
+      const size_t first = kFieldBits * (l & ~size_t(3)) / 32;  // the dword l's block starts at
       dword[l] = uint32_t(first + l % 4);
-      bits[l] = uint32_t(l & 1) * 4;
-      for (size_t j = 0; j < 4; ++j) pattern[4 * l + j] = uint8_t(5 * l / 2 - 4 * first + j);
+      bits[l] = uint32_t(bit % 8);
+      for (size_t j = 0; j < 4; ++j) {
+        pattern[4 * l + j] = 8 * j < bit % 8 + kFieldBits ? uint8_t(bit / 8 - 4 * first + j) : uint8_t(0x80);
+      }
     }
     perm = hn::IndicesFromVec(DU(), hn::Load(DU(), dword));
     spread = hn::Load(DU8(), pattern);
@@ -164,22 +138,23 @@ struct Words5 {
   }
   HWY_INLINE hn::Vec<DI> Load(DI di, const uint8_t* HWY_RESTRICT p) const {
     const DU du;
-    const auto raw = hn::MaskedLoad(hn::FirstN(du, 5 * N / 8), du, reinterpret_cast<const uint32_t*>(p));
+    const auto raw = hn::MaskedLoad(hn::FirstN(du, kDwords), du, reinterpret_cast<const uint32_t*>(p));
     const auto moved = hn::BitCast(DU8(), hn::TableLookupLanes(raw, perm));
-    return hn::BitCast(di, hn::Shr(hn::BitCast(du, hn::TableLookupBytes(moved, spread)), shift));
+    const auto words = hn::BitCast(du, hn::TableLookupBytesOr0(moved, spread));
+    if constexpr (kShift) return hn::BitCast(di, hn::Shr(words, shift));
+    else return hn::BitCast(di, words);
   }
 };
 
 // The index words of a chunk: one 32-bit lane per lane holding all S of its
-// indices (B = 2, 4, 8: the chunk's byte l widened; B = 3: its 24-bit word
-// l; B = 5: its 20-bit field l), and index vector k of them: the words
-// shifted right by B*k, masked to B bits only where the lookup reads more
-// than the low bits.
+// indices (B = 2, 4, 8: the chunk's byte l widened; B = 3, 5: its field l,
+// PackedWords), and index vector k of them: the words shifted right by
+// B*k, masked to B bits only where the lookup reads more than the low bits.
 struct NoWords {};
 template <int B, class DI>
 struct IndexWords {
   static constexpr size_t N = hn::MaxLanes(DI());
-  using Packed = std::conditional_t<B == 3, Words3<DI>, std::conditional_t<B == 5, Words5<DI>, NoWords>>;
+  using Packed = std::conditional_t<B == 3 || B == 5, PackedWords<B, DI>, NoWords>;
   Packed packed;
   explicit IndexWords(DI di) : packed(MakePacked(di)) {}
   HWY_INLINE hn::Vec<DI> Load(DI di, const uint8_t* HWY_RESTRICT p) const {
@@ -509,8 +484,8 @@ struct FusedPlan {
 template <int B, bool kGroup, size_t kN>
 bool PlanWith(int hd, int group, size_t record_bytes, FusedPlan& plan) {
   constexpr int N = int(hn::MaxLanes(hn::CappedTag<float, kN>()));
-  if constexpr (B == 5 && N != 8 && N != 16) {
-    return false;  // Words5 reads 8 or 16 lanes
+  if constexpr (B * kSubVectors<B> * N % 32 != 0) {
+    return false;  // a chunk of whole dwords (PackedWords): 5 bits need 8 or 16 lanes
   } else {
     constexpr int E = N * kSubVectors<B>;
     if (hd % E != 0) return false;
