@@ -406,8 +406,9 @@ struct KeyRows {
 // 2r+1, 2r+8, 2r+9} of elements [g*HD/8, (g+1)*HD/8); m-tile mt's row g is
 // element g*HD/8 + 2mt and row g + 8 is element g*HD/8 + 2mt + 1: one pair
 // lookup per position, and two byte permutes per pair of positions make the
-// fragment (4-bit records: one lookup per fragment register, see load()). kFold (one scale per record): the scales multiply the softmax
-// weights instead, and the thread loads those of its S^T rows g and g + 8.
+// fragment (4-bit records: one lookup per fragment register, see load()).
+// kFold (one scale per record): the scales multiply the softmax weights
+// instead, and the thread loads those of its S^T rows g and g + 8.
 template <int B, int HD, bool kFold>
 struct ValueRecords {
   static constexpr int kElems = HD / 8;
