@@ -2,6 +2,9 @@
 // SIMD kernel against the TurboQuant caches' fused kernels
 // (kv/turbo_attention.h), through the real KvCache::attend().
 //
+// turbo4_f32 and turbo3_f32 are turbo4 and turbo3 with scheme option
+// math=f32 (kv/turbo_attention.h).
+//
 // Shape: one layer, 8 query heads over 2 kv heads (GQA 4), head size 64 or
 // 128, 1K to 64K cached tokens, one thread (kernel cost, not scaling);
 // "attention_gqa8" has 16 query heads over the 2 (GQA 8). After
@@ -41,7 +44,9 @@ using turbokv::kv::Phase;
 // (name in the tables, KV scheme)
 const std::pair<const char*, const char*> kSchemes[] = {
     {"fp16", "fp16"}, {"turbo4", "turbo4"}, {"turbo3", "turbo3"}, {"turbo2", "turbo2"},
-    {"group4g64", "group4g64/group4g64"}};
+    {"group4g64", "group4g64/group4g64"},
+    // the fp32 kernels on CPUs where the default takes fp16 products (kv/turbo_attention_half.h)
+    {"turbo4_f32", "turbo4:math=f32"}, {"turbo3_f32", "turbo3:math=f32"}};
 constexpr int kHeads = 8, kHeadsGqa8 = 16, kKvHeads = 2;
 
 // The last-level cache's size (256 MiB where the system does not say).

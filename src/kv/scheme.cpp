@@ -125,6 +125,10 @@ void apply_option(std::string_view whole, SchemeSpec& spec, std::string_view opt
     (key == "kscale" ? spec.key : spec.value).codec.scale_rule = rule;
   } else if (key == "ksearch" || key == "vsearch") {
     flag((key == "ksearch" ? spec.key : spec.value).codec.scale_search);
+  } else if (key == "math") {
+    if (val == "half") spec.f32_math = false;
+    else if (val == "f32") spec.f32_math = true;
+    else bad(whole, "math takes half or f32");
   } else if (key == "window") {
     if (!parse_int(val, spec.window) || spec.window < 0) bad(whole, "window takes a non-negative token count");
   } else if (key == "codebook") {
@@ -259,7 +263,7 @@ std::string scheme_forms() {
          "                calib=none|key|query, rot=auto|hadamard|block|dense, seed=N, strict,\n"
          "                kscale|vscale=auto|norm|matched|ls|unbiased, ksearch|vsearch=0|1, window=N,\n"
          "                near=N, nearbits=B, codebook=beta|gaussian, outliers=N, voutliers=N,\n"
-         "                fp16layers=L[+L|-L...]";
+         "                fp16layers=L[+L|-L...], math=half|f32";
 }
 
 std::vector<std::string> listed_schemes() {

@@ -55,6 +55,10 @@
 //                     ranges, e.g. 0+4 or 0-1+7): per-layer precision
 //       strict        compress from the first token (prefill included), as
 //                     llama.cpp's quantized caches do; default is two-phase
+//       math=half|f32 the attention kernels' arithmetic: half (default) takes
+//                     fp16 products where the CPU has AVX512-FP16
+//                     (kv/turbo_attention_half.h), f32 keeps every product
+//                     and sum in fp32; the stored records are the same
 //
 // A scheme names how keys and values are stored; the cache owns rotations,
 // codebooks and calibration (STYLE.md rule 3).
@@ -108,6 +112,7 @@ struct SchemeSpec {
   codec::RotationKind rotation = codec::RotationKind::Auto;
   uint64_t seed = 0x74757262'6f6b7631ull;  // "turbokv1"
   bool strict = false;
+  bool f32_math = false;  // math=f32: fp32 attention kernels on every CPU
   int window = 0;  // the newest `window` tokens stay FP16 (encoded once older)
   int near = 0;       // the `near` tokens after the window: codec records at near_bits
   int near_bits = 0;  // 0: one more than each codec stream's bits, at most 8

@@ -33,6 +33,7 @@
 #include "hwy/highway.h"
 #include "hwy/contrib/math/math-inl.h"
 #include "kv/turbo_attention.h"
+#include "kv/turbo_attention_half.h"
 
 HWY_BEFORE_NAMESPACE();
 namespace turbokv::kv::detail {
@@ -40,7 +41,7 @@ namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
 // Positions per online-softmax update (the score buffer is (n_q, kBlock)).
-constexpr int kBlock = 64;
+constexpr int kBlock = kAttentionBlock;
 // Floats reserved for one padded codebook (256 centroids + two vectors).
 constexpr int kTableFloats = 256 + 32;
 
@@ -464,15 +465,9 @@ void AccumulateRecords(const uint8_t* HWY_RESTRICT rec0, size_t rec_bytes, uint3
   }
 }
 
-using ScoreFn = void (*)(const uint8_t*, size_t, uint32_t, int, int, int, int, const float*, const float*, float*);
-using AccumulateFn = void (*)(const uint8_t*, size_t, uint32_t, int, int, int, int, const float*, const float*, float*);
-
 // A fused reader of one record, or of one part of a split record: the
 // kernels and the chunk order they use, and where the part lies.
-struct FusedPlan {
-  int lanes = 0, sub = 0, chunk = 0;  // N, S, E
-  ScoreFn score[3] = {};              // NQ = 1, 2, 4
-  AccumulateFn accumulate[3] = {};    // NQ = 1, 2, 4
+struct FusedPlan : FusedKernels {
   int group = 0;                      // group: G; mse: the part's dimension (unused)
   uint32_t index_offset = 0;          // from the part's first byte
   size_t record_bytes = 0;            // the whole record: the stride between positions
@@ -529,11 +524,29 @@ bool PlanKind(int bits, int hd, int group, size_t record_bytes, FusedPlan& plan)
 }
 
 #if HWY_TARGET != HWY_SCALAR
+// The fp16-product kernels (turbo_attention_half.h) for a one-scale layout,
+// from the AVX-512 target only (they need AVX512-FP16 on top of it).
+template <KernelPrecision kPrecision>
+bool PlanHalf(const codec::CodecSpec& s, int hd, FusedPlan& plan) {
+#if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX3
+  if constexpr (kPrecision == KernelPrecision::Half) {
+    const bool one_scale = s.kind == codec::CodecKind::Mse ||
+                           (s.kind == codec::CodecKind::Group && s.effective_group() >= hd);
+    return one_scale && plan_half_kernels(s.bits, hd, plan);
+  }
+#endif
+  (void)s, (void)hd, (void)plan;
+  return false;
+}
+
 // Plans a fused read of one record layout (not split) of dimension hd.
-inline bool PlanLayout(const codec::Codec& codec, int hd, FusedPlan& plan) {
+template <KernelPrecision kPrecision>
+bool PlanLayout(const codec::Codec& codec, int hd, FusedPlan& plan) {
   const codec::CodecSpec& s = codec.spec();
   bool ok = false;
-  if (s.kind == codec::CodecKind::Mse) {
+  if (PlanHalf<kPrecision>(s, hd, plan)) {
+    ok = true;
+  } else if (s.kind == codec::CodecKind::Mse) {
     ok = PlanKind<false>(s.bits, hd, hd, codec.record_bytes(), plan);
   } else if (s.kind == codec::CodecKind::Group && s.effective_group() >= hd) {
     // One group per record (turbo<B>'s g128 at head size 128): its one
@@ -559,19 +572,20 @@ inline bool PlanLayout(const codec::Codec& codec, int hd, FusedPlan& plan) {
 // chunk at that width and the rest at a narrower one (3 bits at 96
 // elements: 64 at 8 lanes and 32 at 4, instead of all 96 at 4).
 // Segment offsets are relative to the layout.   plans: (2); returns 0..2
-inline int PlanSegments(const codec::Codec& codec, int dim, FusedPlan* plans) {
-  const bool single = PlanLayout(codec, dim, plans[0]);
+template <KernelPrecision kPrecision>
+int PlanSegments(const codec::Codec& codec, int dim, FusedPlan* plans) {
+  const bool single = PlanLayout<kPrecision>(codec, dim, plans[0]);
   const codec::CodecSpec& s = codec.spec();
   const bool one_scale = s.kind == codec::CodecKind::Mse ||
                          (s.kind == codec::CodecKind::Group && s.effective_group() >= dim);
   const int widest = int(hn::MaxLanes(hn::CappedTag<float, 16>()));
-  if ((single && plans[0].lanes == widest) || !one_scale || !fused_bits(s.bits)) return single ? 1 : 0;
+  if ((single && plans[0].lanes >= widest) || !one_scale || !fused_bits(s.bits)) return single ? 1 : 0;
   const int sub = SubVectors(s.bits);
   for (int lanes = widest; lanes > (single ? plans[0].lanes : 2); lanes /= 2) {
     const int head = dim / (lanes * sub) * (lanes * sub);
     if (head == 0 || head == dim) continue;
     FusedPlan a, b;
-    if (!PlanLayout(codec, head, a) || !PlanLayout(codec, dim - head, b)) continue;
+    if (!PlanLayout<kPrecision>(codec, head, a) || !PlanLayout<kPrecision>(codec, dim - head, b)) continue;
     b.offset = head;
     b.index_offset += uint32_t(head * s.bits / 8);  // head is whole chunks, whose indices fill whole bytes
     plans[0] = a;
@@ -590,14 +604,15 @@ constexpr int kMaxSegments = 4;
 // of the two parts of a split record (outlier channels), each read by the
 // kernels of its layout, width and codebook; the number of segments, 0
 // where the scalar reader must be used.   plans: (kMaxSegments)
-inline int PlanFused(const codec::Codec& codec, int hd, FusedPlan* plans) {
+template <KernelPrecision kPrecision>
+int PlanFused(const codec::Codec& codec, int hd, FusedPlan* plans) {
 #if HWY_TARGET == HWY_SCALAR
   (void)codec, (void)hd, (void)plans;
   return 0;  // one-lane vectors: the codec's scalar path is as good
 #else
   int n = 0;
   auto add = [&](const codec::Codec& layout, int dim, int offset, uint32_t part_offset) {
-    const int k = PlanSegments(layout, dim, plans + n);
+    const int k = PlanSegments<kPrecision>(layout, dim, plans + n);
     for (int i = n; i < n + k; ++i) {
       plans[i].offset += offset;
       plans[i].part_offset = part_offset;
@@ -700,9 +715,9 @@ inline void AccumulateScalar(const StreamSource& src, int hd, int n_q, int p0, i
   }
 }
 
-// Blocked online softmax over [job.begin, job.end); kFast selects the fused
-// SIMD readers and the vectorized exp where they apply.
-template <bool kFast>
+// Blocked online softmax over [job.begin, job.end) with the fused SIMD
+// readers (of kPrecision) and the vectorized exp.
+template <KernelPrecision kPrecision>
 void AttendChunkT(const ChunkJob& job, float* work) {
   const int hd = job.head_dim, nq = job.n_q;
   float* qp = work;                                   // (kMaxJobHeads, hd) chunk-order query
@@ -714,8 +729,8 @@ void AttendChunkT(const ChunkJob& job, float* work) {
   float* tmp = vtab + kMaxSegments * kTableFloats;    // (hd)
 
   FusedPlan kp[kMaxSegments], vp[kMaxSegments];
-  const int k_segments = kFast && job.keys.read == StreamRead::Fused ? PlanFused(*job.keys.codec, hd, kp) : 0;
-  const int v_segments = kFast && job.values.read == StreamRead::Fused ? PlanFused(*job.values.codec, hd, vp) : 0;
+  const int k_segments = job.keys.read == StreamRead::Fused ? PlanFused<kPrecision>(*job.keys.codec, hd, kp) : 0;
+  const int v_segments = job.values.read == StreamRead::Fused ? PlanFused<kPrecision>(*job.values.codec, hd, vp) : 0;
   const bool k_fused = k_segments > 0, v_fused = v_segments > 0;
   int natural[codec::kMaxDim];
   if (k_fused) {
@@ -764,16 +779,14 @@ void AttendChunkT(const ChunkJob& job, float* work) {
       const float shift = job.shift ? job.shift[j] : 0.0f;
       float block_max = -std::numeric_limits<float>::infinity();
       int r0 = 0;
-      if constexpr (kFast) {
-        const auto vscale = hn::Set(df, job.scale), vshift = hn::Set(df, shift);
-        auto vmax = hn::Set(df, block_max);
-        for (; r0 + NF <= nb; r0 += NF) {
-          const auto v = hn::Mul(hn::Add(hn::LoadU(df, s + r0), vshift), vscale);
-          hn::StoreU(v, df, s + r0);
-          vmax = hn::Max(vmax, v);
-        }
-        block_max = hn::GetLane(hn::MaxOfLanes(df, vmax));
+      const auto vscale = hn::Set(df, job.scale), vshift = hn::Set(df, shift);
+      auto vmax = hn::Set(df, block_max);
+      for (; r0 + NF <= nb; r0 += NF) {
+        const auto v = hn::Mul(hn::Add(hn::LoadU(df, s + r0), vshift), vscale);
+        hn::StoreU(v, df, s + r0);
+        vmax = hn::Max(vmax, v);
       }
+      block_max = hn::GetLane(hn::MaxOfLanes(df, vmax));
       for (int r = r0; r < nb; ++r) {
         s[r] = job.scale * (s[r] + shift);
         block_max = std::max(block_max, s[r]);
@@ -786,20 +799,15 @@ void AttendChunkT(const ChunkJob& job, float* work) {
         job.m[j] = block_max;
       }
       const float m = job.m[j];
-      float sum = 0.0f;
-      if constexpr (kFast) {
-        int r = 0;
-        auto vsum = hn::Zero(df);
-        for (; r + NF <= nb; r += NF) {
-          const auto w = hn::Exp(df, hn::Sub(hn::LoadU(df, s + r), hn::Set(df, m)));
-          hn::StoreU(w, df, s + r);
-          vsum = hn::Add(vsum, w);
-        }
-        sum = hn::GetLane(hn::SumOfLanes(df, vsum));
-        for (; r < nb; ++r) { s[r] = std::exp(s[r] - m); sum += s[r]; }
-      } else {
-        for (int r = 0; r < nb; ++r) { s[r] = std::exp(s[r] - m); sum += s[r]; }
+      int r = 0;
+      auto vsum = hn::Zero(df);
+      for (; r + NF <= nb; r += NF) {
+        const auto w = hn::Exp(df, hn::Sub(hn::LoadU(df, s + r), hn::Set(df, m)));
+        hn::StoreU(w, df, s + r);
+        vsum = hn::Add(vsum, w);
       }
+      float sum = hn::GetLane(hn::SumOfLanes(df, vsum));
+      for (; r < nb; ++r) { s[r] = std::exp(s[r] - m); sum += s[r]; }
       job.d[j] += sum;
     }
     // Values.
@@ -826,10 +834,11 @@ void AttendChunkT(const ChunkJob& job, float* work) {
   }
 }
 
-inline void AttendChunkFast(const ChunkJob& job, float* work) { AttendChunkT<true>(job, work); }
-
 // This target's kernel (the dispatch table returns it once per call).
-inline AttendChunkFn ChooseAttendChunk() { return &AttendChunkFast; }
+inline AttendChunkFn ChooseAttendChunk(KernelPrecision precision) {
+  return precision == KernelPrecision::Half ? &AttendChunkT<KernelPrecision::Half>
+                                            : &AttendChunkT<KernelPrecision::F32>;
+}
 
 }  // namespace HWY_NAMESPACE
 }  // namespace turbokv::kv::detail

@@ -43,7 +43,9 @@ bool fused_layout_supported(const codec::Codec& codec) {
   return std::all_of(parts.begin(), parts.end(), [&](const codec::Codec& p) { return layout_ok(p.spec()); });
 }
 
-AttendChunkFn select_attend_chunk() { return HWY_DYNAMIC_DISPATCH(ChooseAttendChunk)(); }
+AttendChunkFn select_attend_chunk(KernelPrecision precision) {
+  return HWY_DYNAMIC_DISPATCH(ChooseAttendChunk)(precision);
+}
 
 void attend_chunk_reference(const ChunkJob& job, float* work) {
   const int hd = job.head_dim, nq = job.n_q;

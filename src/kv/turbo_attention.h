@@ -40,6 +40,12 @@
 // before the softmax, values accumulated into their elements), where both
 // parts are fused layouts.
 //
+// Arithmetic (KernelPrecision): F32 keeps every product and sum in fp32.
+// Half, the caches' default (scheme option math=half), reads one-scale
+// records at 2, 3 and 4 bits with the fp16-product kernels of
+// turbo_attention_half.h where the CPU has AVX512-FP16 (32 products an
+// instruction instead of 16), and is F32 elsewhere.
+//
 // The scalar reference attend_chunk_reference computes the same states with
 // the codec's dot_rotated/decode_rotated in natural order; kv tests compare
 // the two on odd sizes.
@@ -86,6 +92,33 @@ struct ChunkJob {
   float* o = nullptr;               // (n_q, head_dim) Σ exp(s - m) v̂, in the value stream's space
 };
 
+// Positions per online-softmax update: the stride of the kernels' score and
+// weight rows.
+inline constexpr int kAttentionBlock = 64;
+
+// The fused readers of one record layout (turbo_attention-inl.h, and
+// turbo_attention_half.h): dots of n <= kAttentionBlock records with 1, 2
+// or 4 query heads, and the accumulation of their values, over `dim`
+// elements of each record in the layout's chunk order (lanes, sub, chunk).
+//   score:      qp (n_q, stride) -> dots (n_q, kAttentionBlock)
+//   accumulate: w (n_q, kAttentionBlock) -> op (n_q, stride), added to
+using ScoreFn = void (*)(const uint8_t* rec0, size_t rec_bytes, uint32_t index_offset, int n, int dim, int stride,
+                         int group, const float* qp, const float* table, float* dots);
+using AccumulateFn = void (*)(const uint8_t* rec0, size_t rec_bytes, uint32_t index_offset, int n, int dim,
+                              int stride, int group, const float* w, const float* table, float* op);
+struct FusedKernels {
+  int lanes = 0, sub = 0, chunk = 0;  // vector lanes N, index vectors per chunk S, chunk elements E = N * S
+  ScoreFn score[3] = {};              // n_q = 1, 2, 4
+  AccumulateFn accumulate[3] = {};    // n_q = 1, 2, 4
+};
+
+// The arithmetic of the fused kernels.
+enum class KernelPrecision : uint8_t {
+  F32,   // fp32 products and sums throughout
+  Half,  // fp16 products and short partial sums where the CPU has
+         // AVX512-FP16 (turbo_attention_half.h), fp32 elsewhere
+};
+
 // Floats of per-thread work memory a job needs.
 size_t chunk_work_floats(int head_dim);
 
@@ -100,7 +133,7 @@ using AttendChunkFn = void (*)(const ChunkJob& job, float* work);
 
 // The kernel for the best instruction set of this CPU: chosen once per
 // attention call, not per job (STYLE rule 5).   work: (chunk_work_floats)
-AttendChunkFn select_attend_chunk();
+AttendChunkFn select_attend_chunk(KernelPrecision precision);
 
 // Scalar reference: same blocked online softmax, codec reference dot/decode,
 // natural element order. The oracle for the fused kernels.

@@ -458,7 +458,9 @@ void TurboKvCache::attend(int layer, const float* q, float* out, float scale, Th
       for (size_t it = 0; it < items; ++it) prepare_queries(layer, int(it / nkv), int(it % nkv), q);
     }
     plan_jobs(layer);
-    const detail::AttendChunkFn kernel = detail::select_attend_chunk();  // instruction set, once per call
+    // Instruction set and arithmetic, once per call.
+    const detail::AttendChunkFn kernel =
+        detail::select_attend_chunk(spec_.f32_math ? detail::KernelPrecision::F32 : detail::KernelPrecision::Half);
     const Stream& K = *keys_;
     const Stream& V = *values_;
     // Near jobs index the near records from near_base (FP16 rows likewise).

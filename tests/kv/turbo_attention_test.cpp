@@ -2,6 +2,7 @@
 // (kv/turbo_attention.h) against its scalar reference, on odd sizes.
 #include "kv/turbo_attention.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <string>
@@ -10,6 +11,7 @@
 #include <gtest/gtest.h>
 
 #include "codec/codec.h"
+#include "kv/turbo_attention_half.h"
 #include "hwy/targets.h"
 #include "util/rng.h"
 
@@ -21,6 +23,21 @@ namespace {
 // with ~1 ulp error) over up to 1023 positions: relative L2 error of the
 // normalized output and absolute error of the log-sum-exp.
 constexpr double kReassociationTolerance = 2e-5;
+
+struct Tolerance {
+  double lse;     // absolute, on the log-sum-exp
+  double output;  // relative L2, on the normalized output
+};
+constexpr Tolerance kReassociation{kReassociationTolerance, kReassociationTolerance};
+
+// Bounds the fp16 rounding of the Half kernels (turbo_attention_half.h):
+// queries, centroids, products and short partial sums rounded to fp16
+// (2^-11 relative), values summed in fp16 over a block. The log-sum-exp
+// error is absolute, so it grows with the scores: these cases reach |s| ~ 50
+// (query and key norms vary 13x) and errors of 0.014; the outputs, 0.0063.
+// A wrong index or lane moves either by O(1), a scale off by 1% the output
+// by 1%.
+constexpr Tolerance kHalfProductTolerance{2.5e-2, 1e-2};
 
 struct Case {
   codec::CodecSpec key, value;
@@ -41,7 +58,8 @@ struct States {
 
 // Encodes random vectors, runs the kernel and the reference on the same job,
 // and compares the normalized outputs and log-sum-exps.
-void check(const Case& c, StreamRead key_read = StreamRead::Fused, StreamRead value_read = StreamRead::Fused) {
+void check(const Case& c, StreamRead key_read = StreamRead::Fused, StreamRead value_read = StreamRead::Fused,
+           KernelPrecision precision = KernelPrecision::F32, Tolerance tolerance = kReassociation) {
   const int hd = c.head_dim;
   const codec::Codec kc(c.key, hd, 7), vc(c.value, hd, 8);
   Rng rng(uint64_t(hd) * 131 + uint64_t(c.n_q) * 7 + uint64_t(c.end));
@@ -83,13 +101,13 @@ void check(const Case& c, StreamRead key_read = StreamRead::Fused, StreamRead va
     fn(job, work.data());
     return st;
   };
-  const States fast = run(select_attend_chunk());
+  const States fast = run(select_attend_chunk(precision));
   const States ref = run(&attend_chunk_reference);
   for (int j = 0; j < c.n_q; ++j) {
     ASSERT_GT(ref.d[size_t(j)], 0.0f);
     const double lse_fast = fast.m[size_t(j)] + std::log(double(fast.d[size_t(j)]));
     const double lse_ref = ref.m[size_t(j)] + std::log(double(ref.d[size_t(j)]));
-    EXPECT_NEAR(lse_fast, lse_ref, kReassociationTolerance) << name(c) << " head " << j;
+    EXPECT_NEAR(lse_fast, lse_ref, tolerance.lse) << name(c) << " head " << j;
     double num = 0, den = 0;
     for (int i = 0; i < hd; ++i) {
       const double a = fast.o[size_t(j) * hd + i] / double(fast.d[size_t(j)]);
@@ -97,7 +115,7 @@ void check(const Case& c, StreamRead key_read = StreamRead::Fused, StreamRead va
       num += (a - b) * (a - b);
       den += b * b;
     }
-    EXPECT_LT(std::sqrt(num / den), kReassociationTolerance) << name(c) << " head " << j;
+    EXPECT_LT(std::sqrt(num / den), tolerance.output) << name(c) << " head " << j;
   }
 }
 
@@ -211,6 +229,49 @@ TEST(TurboAttention, SplitRecordsMatchReference) {
   }
   check({split_spec(mse(3), 32), mse(4), 128, 4, 0, 1023});
   check({mse(2), split_spec(mse(3), 64), 128, 5, 17, 200});
+}
+
+// The fp16-product kernels, where the CPU has them: one-scale records (mse,
+// and group with one group a record) at 2, 3 and 4 bits; the other layouts
+// and head sizes keep the fp32 kernels under the same precision.
+TEST(TurboAttention, HalfProductsMatchReference) {
+  FusedKernels probe;
+  if (!plan_half_kernels(4, 128, probe)) GTEST_SKIP() << "no AVX512-FP16 on this CPU";
+  const StreamRead fused = StreamRead::Fused;
+  const KernelPrecision half = KernelPrecision::Half;
+  for (int hd : {64, 128, 256}) {
+    for (int b : {2, 3, 4}) {
+      const int g = std::min(hd, 128);  // one group a record up to 128
+      for (int nq : {1, 2, 3, 4, 8}) {
+        for (int len : {1, 15, 17, 67}) {
+          check({mse(b), mse(b), hd, nq, 0, len}, fused, fused, half, kHalfProductTolerance);
+          check({group(b, g), group(b, g), hd, nq, 3, len + 3}, fused, fused, half, kHalfProductTolerance);
+        }
+      }
+      check({mse(b), mse(b), hd, 4, 0, 1023}, fused, fused, half, kHalfProductTolerance);
+    }
+  }
+  // Mixed with layouts the Half kernels do not take.
+  check({mse(3), group(4, 16), 128, 4, 0, 300}, fused, fused, half, kHalfProductTolerance);
+  check({split_spec(mse(3), 32), mse(2), 128, 2, 0, 90}, fused, fused, half, kHalfProductTolerance);
+  check({mse(5), mse(3), 128, 4, 5, 200}, fused, fused, half, kHalfProductTolerance);
+}
+
+// Which layouts and head sizes the Half kernels take.
+TEST(TurboAttention, HalfKernelsPlanOneScaleLayouts) {
+  FusedKernels k;
+  if (!plan_half_kernels(4, 128, k)) GTEST_SKIP() << "no AVX512-FP16 on this CPU";
+  EXPECT_EQ(k.lanes, 32);
+  EXPECT_EQ(k.chunk, 64);
+  for (int b : {2, 3}) {
+    EXPECT_TRUE(plan_half_kernels(b, 128, k)) << b;
+    EXPECT_EQ(k.chunk, 128) << b;
+    EXPECT_FALSE(plan_half_kernels(b, 64, k)) << b;  // a chunk is 128 elements
+  }
+  EXPECT_TRUE(plan_half_kernels(4, 64, k));
+  EXPECT_FALSE(plan_half_kernels(4, 96, k));
+  EXPECT_FALSE(plan_half_kernels(5, 128, k));
+  EXPECT_FALSE(plan_half_kernels(8, 128, k));
 }
 
 }  // namespace
