@@ -138,21 +138,32 @@ void BM_Attention(benchmark::State& state, const std::string& scheme, bool cold,
   state.SetLabel(scheme);
 }
 
-// Console output as usual, plus every run's time for the ratio table.
+// Console output as usual, plus each benchmark's time for the ratio table:
+// the median over repetitions where there are repetitions (also with
+// --benchmark_report_aggregates_only), else the one run's.
 class RatioReporter : public benchmark::ConsoleReporter {
  public:
-  // (family, tokens, hd, scheme) -> real ns
-  std::map<std::tuple<std::string, int, int, std::string>, double> ns;
+  using Key = std::tuple<std::string, int, int, std::string>;  // (family, tokens, hd, scheme)
+  std::map<Key, double> ns, median_ns;                          // real ns
   void ReportRuns(const std::vector<Run>& runs) override {
     ConsoleReporter::ReportRuns(runs);
     for (const Run& r : runs) {
-      if (r.run_type != Run::RT_Iteration || r.error_occurred) continue;
+      if (r.error_occurred) continue;
+      const bool median = r.run_type == Run::RT_Aggregate && r.aggregate_name == "median";
+      if (r.run_type != Run::RT_Iteration && !median) continue;
       // name: <family>/<scheme>/<tokens>/<hd>
-      const std::string n = r.benchmark_name();
+      const std::string n = r.run_name.str();
       const size_t a = n.find('/'), c = n.rfind('/'), b = n.rfind('/', c - 1);
-      ns[{n.substr(0, a), std::stoi(n.substr(b + 1, c - b - 1)), std::stoi(n.substr(c + 1)),
-          n.substr(a + 1, b - a - 1)}] = r.GetAdjustedRealTime();
+      const Key key{n.substr(0, a), std::stoi(n.substr(b + 1, c - b - 1)), std::stoi(n.substr(c + 1)),
+                    n.substr(a + 1, b - a - 1)};
+      (median ? median_ns : ns)[key] = r.GetAdjustedRealTime();
     }
+  }
+  // The times the table uses.
+  std::map<Key, double> table() const {
+    std::map<Key, double> t = ns;
+    for (const auto& [key, v] : median_ns) t[key] = v;
+    return t;
   }
 };
 
@@ -178,19 +189,20 @@ int main(int argc, char** argv) {
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   RatioReporter reporter;
   benchmark::RunSpecifiedBenchmarks(&reporter);
-  std::printf("\nattention time / fp16 time (same run; one decode token, %d heads / %d kv heads, 1 thread;\n"
-              "cold: every call reads another layer, from DRAM; gqa8: %d heads)\n",
+  std::printf("\nattention time / fp16 time (same run, medians where repeated; one decode token, %d heads / %d kv heads,\n"
+              "1 thread; cold: every call reads another layer, from DRAM; gqa8: %d heads)\n",
               kHeads, kKvHeads, kHeadsGqa8);
   std::printf("%-15s %8s %4s", "family", "tokens", "hd");
   for (const auto& sc : kSchemes) std::printf(" %12s", sc.first);
   std::printf("\n");
-  for (const auto& [key, t] : reporter.ns) {
+  const auto times = reporter.table();
+  for (const auto& [key, t] : times) {
     const auto& [family, tokens, hd, scheme] = key;
     if (scheme != "fp16") continue;
     std::printf("%-15s %8d %4d", family.c_str(), tokens, hd);
     for (const auto& sc : kSchemes) {
-      const auto it = reporter.ns.find({family, tokens, hd, sc.first});
-      if (it == reporter.ns.end()) std::printf(" %12s", "-");
+      const auto it = times.find({family, tokens, hd, sc.first});
+      if (it == times.end()) std::printf(" %12s", "-");
       else std::printf(" %12.3f", it->second / t);
     }
     std::printf("\n");
