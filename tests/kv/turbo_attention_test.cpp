@@ -255,6 +255,10 @@ TEST(TurboAttention, HalfProductsMatchReference) {
   check({mse(3), group(4, 16), 128, 4, 0, 300}, fused, fused, half, kHalfProductTolerance);
   check({split_spec(mse(3), 32), mse(2), 128, 2, 0, 90}, fused, fused, half, kHalfProductTolerance);
   check({mse(5), mse(3), 128, 4, 5, 200}, fused, fused, half, kHalfProductTolerance);
+  // Split records whose parts the Half kernels read: a 64-element 4-bit
+  // part after a 5-bit one, and two 128-element parts (3 and 4 bits).
+  check({split_spec(mse(4), 64), split_spec(mse(4), 64), 128, 4, 0, 90}, fused, fused, half, kHalfProductTolerance);
+  check({split_spec(mse(3), 128), split_spec(mse(3), 128), 256, 4, 1, 91}, fused, fused, half, kHalfProductTolerance);
 }
 
 // Which layouts and head sizes the Half kernels take.
