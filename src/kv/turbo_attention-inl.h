@@ -524,16 +524,18 @@ bool PlanKind(int bits, int hd, int group, size_t record_bytes, FusedPlan& plan)
 }
 
 #if HWY_TARGET != HWY_SCALAR
+// Records of `dim` elements with one scale: mse's norm, or group with one
+// group (either at the record's byte 0).
+inline bool OneScale(const codec::CodecSpec& s, int dim) {
+  return s.kind == codec::CodecKind::Mse || (s.kind == codec::CodecKind::Group && s.effective_group() >= dim);
+}
+
 // The fp16-product kernels (turbo_attention_half.h) for a one-scale layout,
 // from the AVX-512 target only (they need AVX512-FP16 on top of it).
 template <KernelPrecision kPrecision>
 bool PlanHalf(const codec::CodecSpec& s, int hd, FusedPlan& plan) {
 #if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX3
-  if constexpr (kPrecision == KernelPrecision::Half) {
-    const bool one_scale = s.kind == codec::CodecKind::Mse ||
-                           (s.kind == codec::CodecKind::Group && s.effective_group() >= hd);
-    return one_scale && plan_half_kernels(s.bits, hd, plan);
-  }
+  if constexpr (kPrecision == KernelPrecision::Half) return OneScale(s, hd) && plan_half_kernels(s.bits, hd, plan);
 #endif
   (void)s, (void)hd, (void)plan;
   return false;
@@ -576,8 +578,7 @@ template <KernelPrecision kPrecision>
 int PlanSegments(const codec::Codec& codec, int dim, FusedPlan* plans) {
   const bool single = PlanLayout<kPrecision>(codec, dim, plans[0]);
   const codec::CodecSpec& s = codec.spec();
-  const bool one_scale = s.kind == codec::CodecKind::Mse ||
-                         (s.kind == codec::CodecKind::Group && s.effective_group() >= dim);
+  const bool one_scale = OneScale(s, dim);
   const int widest = int(hn::MaxLanes(hn::CappedTag<float, 16>()));
   if ((single && plans[0].lanes >= widest) || !one_scale || !fused_bits(s.bits)) return single ? 1 : 0;
   const int sub = SubVectors(s.bits);
