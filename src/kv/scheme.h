@@ -56,9 +56,12 @@
 //       strict        compress from the first token (prefill included), as
 //                     llama.cpp's quantized caches do; default is two-phase
 //       math=half|f32 the attention kernels' arithmetic: half (default) takes
-//                     fp16 products where the CPU has AVX512-FP16
-//                     (kv/turbo_attention_half.h), f32 keeps every product
-//                     and sum in fp32; the stored records are the same
+//                     narrower products where the CPU has them: int8 query
+//                     and codebook in the key dots (AVX-512 VNNI and VBMI,
+//                     kv/turbo_attention_int8.h), fp16 products
+//                     (AVX512-FP16, kv/turbo_attention_half.h); f32 keeps
+//                     every product and sum in fp32; the stored records are
+//                     the same
 //
 // A scheme names how keys and values are stored; the cache owns rotations,
 // codebooks and calibration (STYLE.md rule 3).

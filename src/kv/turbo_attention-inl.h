@@ -34,6 +34,7 @@
 #include "hwy/contrib/math/math-inl.h"
 #include "kv/turbo_attention.h"
 #include "kv/turbo_attention_half.h"
+#include "kv/turbo_attention_int8.h"
 
 HWY_BEFORE_NAMESPACE();
 namespace turbokv::kv::detail {
@@ -465,6 +466,10 @@ void AccumulateRecords(const uint8_t* HWY_RESTRICT rec0, size_t rec_bytes, uint3
   }
 }
 
+// Which stream of a job a plan reads (a key plan's value kernels are
+// never called, nor a value plan's score kernels).
+enum class Role : uint8_t { Keys, Values };
+
 // A fused reader of one record, or of one part of a split record: the
 // kernels and the chunk order they use, and where the part lies.
 struct FusedPlan : FusedKernels {
@@ -530,23 +535,28 @@ inline bool OneScale(const codec::CodecSpec& s, int dim) {
   return s.kind == codec::CodecKind::Mse || (s.kind == codec::CodecKind::Group && s.effective_group() >= dim);
 }
 
-// The fp16-product kernels (turbo_attention_half.h) for a one-scale layout,
-// from the AVX-512 target only (they need AVX512-FP16 on top of it).
+// The narrow-product kernels for a one-scale layout, from the AVX-512
+// target only (they need more on top of it): int8 scores
+// (turbo_attention_int8.h) for keys, else the fp16 kernels
+// (turbo_attention_half.h). An int8 plan has no value kernels.
 template <KernelPrecision kPrecision>
-bool PlanHalf(const codec::CodecSpec& s, int hd, FusedPlan& plan) {
+bool PlanHalf(const codec::CodecSpec& s, int hd, Role role, FusedPlan& plan) {
 #if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX3
-  if constexpr (kPrecision == KernelPrecision::Half) return OneScale(s, hd) && plan_half_kernels(s.bits, hd, plan);
+  if constexpr (kPrecision == KernelPrecision::Half) {
+    if (!OneScale(s, hd)) return false;
+    return (role == Role::Keys && plan_int8_scores(s.bits, hd, plan)) || plan_half_kernels(s.bits, hd, plan);
+  }
 #endif
-  (void)s, (void)hd, (void)plan;
+  (void)s, (void)hd, (void)role, (void)plan;
   return false;
 }
 
 // Plans a fused read of one record layout (not split) of dimension hd.
 template <KernelPrecision kPrecision>
-bool PlanLayout(const codec::Codec& codec, int hd, FusedPlan& plan) {
+bool PlanLayout(const codec::Codec& codec, int hd, Role role, FusedPlan& plan) {
   const codec::CodecSpec& s = codec.spec();
   bool ok = false;
-  if (PlanHalf<kPrecision>(s, hd, plan)) {
+  if (PlanHalf<kPrecision>(s, hd, role, plan)) {
     ok = true;
   } else if (s.kind == codec::CodecKind::Mse) {
     ok = PlanKind<false>(s.bits, hd, hd, codec.record_bytes(), plan);
@@ -575,8 +585,8 @@ bool PlanLayout(const codec::Codec& codec, int hd, FusedPlan& plan) {
 // elements: 64 at 8 lanes and 32 at 4, instead of all 96 at 4).
 // Segment offsets are relative to the layout.   plans: (2); returns 0..2
 template <KernelPrecision kPrecision>
-int PlanSegments(const codec::Codec& codec, int dim, FusedPlan* plans) {
-  const bool single = PlanLayout<kPrecision>(codec, dim, plans[0]);
+int PlanSegments(const codec::Codec& codec, int dim, Role role, FusedPlan* plans) {
+  const bool single = PlanLayout<kPrecision>(codec, dim, role, plans[0]);
   const codec::CodecSpec& s = codec.spec();
   const bool one_scale = OneScale(s, dim);
   const int widest = int(hn::MaxLanes(hn::CappedTag<float, 16>()));
@@ -586,7 +596,9 @@ int PlanSegments(const codec::Codec& codec, int dim, FusedPlan* plans) {
     const int head = dim / (lanes * sub) * (lanes * sub);
     if (head == 0 || head == dim) continue;
     FusedPlan a, b;
-    if (!PlanLayout<kPrecision>(codec, head, a) || !PlanLayout<kPrecision>(codec, dim - head, b)) continue;
+    if (!PlanLayout<kPrecision>(codec, head, role, a) || !PlanLayout<kPrecision>(codec, dim - head, role, b)) {
+      continue;
+    }
     b.offset = head;
     b.index_offset += uint32_t(head * s.bits / 8);  // head is whole chunks, whose indices fill whole bytes
     plans[0] = a;
@@ -606,14 +618,14 @@ constexpr int kMaxSegments = 4;
 // kernels of its layout, width and codebook; the number of segments, 0
 // where the scalar reader must be used.   plans: (kMaxSegments)
 template <KernelPrecision kPrecision>
-int PlanFused(const codec::Codec& codec, int hd, FusedPlan* plans) {
+int PlanFused(const codec::Codec& codec, int hd, Role role, FusedPlan* plans) {
 #if HWY_TARGET == HWY_SCALAR
   (void)codec, (void)hd, (void)plans;
   return 0;  // one-lane vectors: the codec's scalar path is as good
 #else
   int n = 0;
   auto add = [&](const codec::Codec& layout, int dim, int offset, uint32_t part_offset) {
-    const int k = PlanSegments<kPrecision>(layout, dim, plans + n);
+    const int k = PlanSegments<kPrecision>(layout, dim, role, plans + n);
     for (int i = n; i < n + k; ++i) {
       plans[i].offset += offset;
       plans[i].part_offset = part_offset;
@@ -742,8 +754,10 @@ void AttendChunkT(const ChunkJob& job, float* work) {
   float* tmp = vtab + kMaxSegments * kTableFloats;    // (hd)
 
   FusedPlan kp[kMaxSegments], vp[kMaxSegments];
-  const int k_segments = job.keys.read == StreamRead::Fused ? PlanFused<kPrecision>(*job.keys.codec, hd, kp) : 0;
-  const int v_segments = job.values.read == StreamRead::Fused ? PlanFused<kPrecision>(*job.values.codec, hd, vp) : 0;
+  const int k_segments =
+      job.keys.read == StreamRead::Fused ? PlanFused<kPrecision>(*job.keys.codec, hd, Role::Keys, kp) : 0;
+  const int v_segments =
+      job.values.read == StreamRead::Fused ? PlanFused<kPrecision>(*job.values.codec, hd, Role::Values, vp) : 0;
   const bool k_fused = k_segments > 0, v_fused = v_segments > 0;
   HWY_ALIGN int natural[codec::kMaxDim];
   if (k_fused) {

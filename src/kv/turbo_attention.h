@@ -42,9 +42,11 @@
 //
 // Arithmetic (KernelPrecision): F32 keeps every product and sum in fp32.
 // Half, the caches' default (scheme option math=half), reads one-scale
-// records at 2, 3 and 4 bits with the fp16-product kernels of
-// turbo_attention_half.h where the CPU has AVX512-FP16 (32 products an
-// instruction instead of 16), and is F32 elsewhere.
+// records at 2, 3 and 4 bits with narrower products where the CPU has them:
+// keys with the int8 score kernels of turbo_attention_int8.h (AVX-512 VNNI
+// and VBMI: 64 products an instruction), values and otherwise keys with the
+// fp16 kernels of turbo_attention_half.h (AVX512-FP16: 32 instead of 16);
+// it is F32 elsewhere.
 //
 // The scalar reference attend_chunk_reference computes the same states with
 // the codec's dot_rotated/decode_rotated in natural order; kv tests compare
@@ -115,8 +117,9 @@ struct FusedKernels {
 // The arithmetic of the fused kernels.
 enum class KernelPrecision : uint8_t {
   F32,   // fp32 products and sums throughout
-  Half,  // fp16 products and short partial sums where the CPU has
-         // AVX512-FP16 (turbo_attention_half.h), fp32 elsewhere
+  Half,  // narrow products where the CPU has them: int8 key dots
+         // (turbo_attention_int8.h), fp16 products and short partial sums
+         // (turbo_attention_half.h); fp32 elsewhere
 };
 
 // Floats of per-thread work memory a job needs.

@@ -1,7 +1,8 @@
 // Fused attention kernels with fp16 products, for CPUs with AVX512-FP16
 // (Intel Sapphire Rapids and later): the score and value kernels of
 // turbo_attention-inl.h for records with one scale (mse, and group with one
-// group a record) at 2, 3 and 4 bits.
+// group a record) at 2, 3 and 4 bits. Where the CPU also has AVX-512 VNNI
+// and VBMI, the int8 kernels of turbo_attention_int8.h score the keys.
 //
 // Why: on such a core both fused kernels are bound by the vector ports, and
 // most of their work is the 2 * n_q * d FMAs per position. An fp16 FMA does

@@ -10,9 +10,12 @@
 
 #include <gtest/gtest.h>
 
+#include "codec/bitpack.h"
 #include "codec/codec.h"
 #include "kv/turbo_attention_half.h"
+#include "kv/turbo_attention_int8.h"
 #include "hwy/targets.h"
+#include "util/fp16.h"
 #include "util/rng.h"
 
 namespace turbokv::kv::detail {
@@ -38,6 +41,7 @@ constexpr Tolerance kReassociation{kReassociationTolerance, kReassociationTolera
 // A wrong index or lane moves either by O(1), a scale off by 1% the output
 // by 1%.
 constexpr Tolerance kHalfProductTolerance{2.5e-2, 1e-2};
+constexpr Tolerance kInt8ScoreTolerance{0.25, 0.12};
 
 struct Case {
   codec::CodecSpec key, value;
@@ -231,34 +235,130 @@ TEST(TurboAttention, SplitRecordsMatchReference) {
   check({mse(2), split_spec(mse(3), 64), 128, 5, 17, 200});
 }
 
-// The fp16-product kernels, where the CPU has them: one-scale records (mse,
-// and group with one group a record) at 2, 3 and 4 bits; the other layouts
-// and head sizes keep the fp32 kernels under the same precision.
+// The narrow-product kernels (KernelPrecision::Half), where the CPU has
+// them: int8 key scores (AVX-512 VNNI and VBMI) and fp16 products
+// (AVX512-FP16) for one-scale records (mse, and group with one group a
+// record) at 2, 3 and 4 bits; the other layouts and head sizes keep the
+// fp32 kernels under the same precision. The score kernels are checked with
+// the values read by the codec's scalar reader, the value kernels with the
+// keys read so, then both together.
 TEST(TurboAttention, HalfProductsMatchReference) {
   FusedKernels probe;
-  if (!plan_half_kernels(4, 128, probe)) GTEST_SKIP() << "no AVX512-FP16 on this CPU";
-  const StreamRead fused = StreamRead::Fused;
+  const bool fp16 = plan_half_kernels(4, 128, probe), int8 = plan_int8_scores(4, 128, probe);
+  if (!fp16 && !int8) GTEST_SKIP() << "neither AVX512-FP16 nor AVX-512 VNNI and VBMI on this CPU";
   const KernelPrecision half = KernelPrecision::Half;
+  const Tolerance keys = int8 ? kInt8ScoreTolerance : kHalfProductTolerance;
+  const Tolerance both{std::max(keys.lse, kHalfProductTolerance.lse),
+                       std::max(keys.output, kHalfProductTolerance.output)};
+  auto check_all = [&](const Case& c) {
+    check(c, StreamRead::Fused, StreamRead::Codec, half, keys);
+    check(c, StreamRead::Codec, StreamRead::Fused, half, kHalfProductTolerance);
+    check(c, StreamRead::Fused, StreamRead::Fused, half, both);
+  };
   for (int hd : {64, 128, 256}) {
     for (int b : {2, 3, 4}) {
       const int g = std::min(hd, 128);  // one group a record up to 128
       for (int nq : {1, 2, 3, 4, 8}) {
         for (int len : {1, 15, 17, 67}) {
-          check({mse(b), mse(b), hd, nq, 0, len}, fused, fused, half, kHalfProductTolerance);
-          check({group(b, g), group(b, g), hd, nq, 3, len + 3}, fused, fused, half, kHalfProductTolerance);
+          check_all({mse(b), mse(b), hd, nq, 0, len});
+          check_all({group(b, g), group(b, g), hd, nq, 3, len + 3});
         }
       }
-      check({mse(b), mse(b), hd, 4, 0, 1023}, fused, fused, half, kHalfProductTolerance);
+      check_all({mse(b), mse(b), hd, 4, 0, 1023});
     }
   }
-  // Mixed with layouts the Half kernels do not take.
-  check({mse(3), group(4, 16), 128, 4, 0, 300}, fused, fused, half, kHalfProductTolerance);
-  check({split_spec(mse(3), 32), mse(2), 128, 2, 0, 90}, fused, fused, half, kHalfProductTolerance);
-  check({mse(5), mse(3), 128, 4, 5, 200}, fused, fused, half, kHalfProductTolerance);
-  // Split records whose parts the Half kernels read: a 64-element 4-bit
+  // Mixed with layouts the narrow kernels do not take.
+  check_all({mse(3), group(4, 16), 128, 4, 0, 300});
+  check_all({split_spec(mse(3), 32), mse(2), 128, 2, 0, 90});
+  check_all({mse(5), mse(3), 128, 4, 5, 200});
+  // Split records whose parts the narrow kernels read: a 64-element 4-bit
   // part after a 5-bit one, and two 128-element parts (3 and 4 bits).
-  check({split_spec(mse(4), 64), split_spec(mse(4), 64), 128, 4, 0, 90}, fused, fused, half, kHalfProductTolerance);
-  check({split_spec(mse(3), 128), split_spec(mse(3), 128), 256, 4, 1, 91}, fused, fused, half, kHalfProductTolerance);
+  check_all({split_spec(mse(4), 64), split_spec(mse(4), 64), 128, 4, 0, 90});
+  check_all({split_spec(mse(3), 128), split_spec(mse(3), 128), 256, 4, 1, 91});
+}
+
+// The int8 score kernels (turbo_attention_int8.h) alone, dot by dot. Each
+// dot must be the integer dot of the rounded query (q8 = round(q / Δq),
+// Δq = max |q| / 127) and codebook (c8 = round(c / Δc), Δc = max |c| /
+// 127), times Δq Δc and the record's scale s (x̂ = s c), to fp32 rounding;
+// and that may differ from the exact <q, x̂> only by the rounding:
+//   |error| <= s (Δq/2 Σ|c_i| + Δc/2 Σ|q_i| + d Δq Δc / 4) + fp32 rounding.
+// The first catches any slip of index, lane, bias or scale (a 1% scale, an
+// offset of 127 for 128); the second, that the design's error is what
+// this comment says.
+TEST(TurboAttention, Int8ScoresStayWithinTheirRoundingBound) {
+  FusedKernels k;
+  if (!plan_int8_scores(4, 128, k)) GTEST_SKIP() << "no AVX-512 VNNI and VBMI on this CPU";
+  Rng rng(5);
+  for (int hd : {64, 128, 192, 256}) {
+    for (int b : {2, 3, 4}) {
+      for (const codec::CodecSpec& spec : {mse(b), group(b, std::min(hd, 128))}) {
+        if (spec.effective_group() < hd) continue;  // one scale a record only
+        const codec::Codec c(spec, hd, 11);
+        ASSERT_TRUE(plan_int8_scores(b, hd, k)) << b << " " << hd;
+        EXPECT_EQ(k.lanes, 64);
+        EXPECT_EQ(k.sub, 1);  // natural element order
+        const int n = 61;     // a block's last step has one record
+        const size_t rb = c.record_bytes();
+        std::vector<uint8_t> rec(size_t(n) * rb);
+        std::vector<float> x(static_cast<size_t>(hd)), xhat(size_t(n) * hd);
+        for (int r = 0; r < n; ++r) {
+          const float size = 0.5f + float(r % 5);
+          for (auto& v : x) v = size * float(rng.normal());
+          c.encode_rotated(x.data(), rec.data() + size_t(r) * rb);
+          c.decode_rotated(rec.data() + size_t(r) * rb, xhat.data() + size_t(r) * hd);
+        }
+        const auto cents = c.codebook()->centroids();
+        std::vector<float> table(256 + 32, 0.0f);  // the codebook repeated to 16 entries (FillTable)
+        for (size_t i = 0; i < 16; ++i) table[i] = cents[i % cents.size()];
+        float cmax = 0;
+        for (float v : cents) cmax = std::max(cmax, std::fabs(v));
+        const float cstep = cmax / 127.0f;
+        std::vector<int> c8(cents.size());
+        for (size_t i = 0; i < cents.size(); ++i) c8[i] = int(std::nearbyint(cents[i] * (1.0f / cstep)));
+        for (int piece = 0; piece < 3; ++piece) {
+          const int nq = 1 << piece;
+          std::vector<float> q(size_t(nq) * hd), dots(size_t(nq) * kAttentionBlock);
+          for (auto& v : q) v = float(rng.normal());
+          k.score[piece](rec.data(), rb, c.layout().index_offset, n, hd, hd, hd, q.data(), table.data(), dots.data());
+          for (int j = 0; j < nq; ++j) {
+            const float* qj = q.data() + size_t(j) * hd;
+            double qmax = 0, qabs = 0;
+            for (int i = 0; i < hd; ++i) qmax = std::max(qmax, double(std::fabs(qj[i]))), qabs += std::fabs(qj[i]);
+            const double dq = qmax / 127, dc = cmax / 127.0;
+            const float qstep = float(qmax) / 127.0f;
+            std::vector<int> q8(static_cast<size_t>(hd));
+            for (int i = 0; i < hd; ++i) q8[size_t(i)] = int(std::nearbyint(qj[i] * (1.0f / qstep)));
+            for (int r = 0; r < n; ++r) {
+              const uint8_t* p = rec.data() + size_t(r) * rb;
+              const float scale = fp16_to_f32(fp16_t(p[0] | p[1] << 8));
+              std::vector<uint8_t> idx(static_cast<size_t>(hd));
+              codec::unpack_bits(p + c.layout().index_offset, size_t(hd), b, idx.data());
+              int64_t dot8 = 0;
+              double exact = 0, xabs = 0;
+              for (int i = 0; i < hd; ++i) {
+                dot8 += int64_t(q8[size_t(i)]) * c8[idx[size_t(i)]];
+                exact += double(qj[i]) * xhat[size_t(r) * hd + i];
+                xabs += std::fabs(xhat[size_t(r) * hd + i]);
+              }
+              const double rounded = double(dot8) * qstep * cstep * scale;
+              const float got = dots[size_t(j) * kAttentionBlock + r];
+              const std::string what = std::string(codec::codec_name(spec.kind)) + std::to_string(b) + " hd " +
+                                       std::to_string(hd) + " n_q " + std::to_string(nq) + " head " +
+                                       std::to_string(j) + " record " + std::to_string(r);
+              EXPECT_NEAR(got, rounded, 1e-5 * std::fabs(rounded) + 1e-6) << what;
+              const double bound = dq / 2 * xabs + scale * (dc / 2 * qabs + hd * dq * dc / 4) + 1e-5 * std::fabs(exact);
+              EXPECT_NEAR(got, exact, bound) << what;
+            }
+          }
+        }
+      }
+    }
+  }
+  EXPECT_FALSE(plan_int8_scores(4, 96, k));   // not whole chunks of 64
+  EXPECT_FALSE(plan_int8_scores(4, 320, k));  // more than 4 chunks
+  EXPECT_FALSE(plan_int8_scores(5, 128, k));
+  EXPECT_FALSE(plan_int8_scores(8, 128, k));
 }
 
 // Which layouts and head sizes the Half kernels take.
