@@ -7,7 +7,6 @@
 #define HWY_TARGET_INCLUDE "kv/attention_hwy.cpp"
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
 #include "hwy/highway.h"
-#include "hwy/contrib/math/math-inl.h"
 
 #include <algorithm>
 #include <cmath>
@@ -15,6 +14,7 @@
 
 #include "kv/attention_kernels.h"
 #include "kv/online_softmax.h"
+#include "kv/softmax_exp-inl.h"
 #include "util/error.h"
 
 HWY_BEFORE_NAMESPACE();
@@ -92,7 +92,7 @@ bool AttendGroupD(DF df, const float* HWY_RESTRICT q, int n_q, const T* HWY_REST
       const auto vm = hn::Set(df, m);
       auto vsum = hn::Zero(df);
       for (t = 0; t + N <= nb; t += N) {
-        const auto w = hn::Exp(df, hn::Sub(hn::LoadU(df, scores + t), vm));
+        const auto w = ExpNonPositive(df, hn::Sub(hn::LoadU(df, scores + t), vm));
         hn::StoreU(w, df, scores + t);  // now the weights
         vsum = hn::Add(vsum, w);
       }

@@ -31,10 +31,10 @@
 #include <type_traits>
 
 #include "hwy/highway.h"
-#include "hwy/contrib/math/math-inl.h"
 #include "kv/turbo_attention.h"
 #include "kv/turbo_attention_half.h"
 #include "kv/turbo_attention_int8.h"
+#include "kv/softmax_exp-inl.h"
 
 HWY_BEFORE_NAMESPACE();
 namespace turbokv::kv::detail {
@@ -827,7 +827,7 @@ void AttendChunkT(const ChunkJob& job, float* work) {
       int r = 0;
       auto vsum = hn::Zero(df);
       for (; r + NF <= nb; r += NF) {
-        const auto w = hn::Exp(df, hn::Sub(hn::LoadU(df, s + r), hn::Set(df, m)));
+        const auto w = ExpNonPositive(df, hn::Sub(hn::LoadU(df, s + r), hn::Set(df, m)));
         hn::StoreU(w, df, s + r);
         vsum = hn::Add(vsum, w);
       }
