@@ -2,8 +2,9 @@
 // SIMD kernel against the TurboQuant caches' fused kernels
 // (kv/turbo_attention.h), through the real KvCache::attend().
 //
-// turbo4_f32 and turbo3_f32 are turbo4 and turbo3 with scheme option
-// math=f32 (kv/turbo_attention.h).
+// Schemes: every listed one (`turbokv schemes`), group4g64 (4-bit records
+// of 64-element groups), and turbo4_f32 and turbo3_f32, turbo4 and turbo3
+// with scheme option math=f32 (kv/turbo_attention.h).
 //
 // Shape: one layer, 8 query heads over 2 kv heads (GQA 4), head size 64 or
 // 128, 1K to 64K cached tokens, one thread (kernel cost, not scaling);
@@ -32,6 +33,7 @@
 #include <vector>
 
 #include "kv/registry.h"
+#include "kv/scheme.h"
 #include "util/rng.h"
 #include "util/thread_pool.h"
 
@@ -41,12 +43,17 @@ using turbokv::kv::CacheShape;
 using turbokv::kv::KvCache;
 using turbokv::kv::Phase;
 
-// (name in the tables, KV scheme)
-const std::pair<const char*, const char*> kSchemes[] = {
-    {"fp16", "fp16"}, {"turbo4", "turbo4"}, {"turbo3", "turbo3"}, {"turbo2", "turbo2"},
-    {"group4g64", "group4g64/group4g64"},
-    // the fp32 kernels on CPUs where the default takes fp16 products (kv/turbo_attention_half.h)
-    {"turbo4_f32", "turbo4:math=f32"}, {"turbo3_f32", "turbo3:math=f32"}};
+// (name in the tables, KV scheme): every listed scheme (`turbokv schemes`),
+// then an explicit layout and the fp32 kernels where the default takes
+// narrower products (kv/turbo_attention.h).
+std::vector<std::pair<std::string, std::string>> schemes() {
+  std::vector<std::pair<std::string, std::string>> out;
+  for (const std::string& name : turbokv::kv::listed_schemes()) out.emplace_back(name, name);
+  out.emplace_back("group4g64", "group4g64/group4g64");
+  out.emplace_back("turbo4_f32", "turbo4:math=f32");
+  out.emplace_back("turbo3_f32", "turbo3:math=f32");
+  return out;
+}
 constexpr int kHeads = 8, kHeadsGqa8 = 16, kKvHeads = 2;
 
 // The last-level cache's size (256 MiB where the system does not say).
@@ -170,7 +177,8 @@ class RatioReporter : public benchmark::ConsoleReporter {
 }  // namespace
 
 int main(int argc, char** argv) {
-  for (const auto& [label, scheme] : kSchemes) {
+  const auto all = schemes();
+  for (const auto& [label, scheme] : all) {
     const std::string s = scheme;
     benchmark::RegisterBenchmark((std::string("attention/") + label).c_str(),
                                  [s](benchmark::State& st) { BM_Attention(st, s, false, kHeads); })
@@ -192,16 +200,22 @@ int main(int argc, char** argv) {
   std::printf("\nattention time / fp16 time (same run, medians where repeated; one decode token, %d heads / %d kv heads,\n"
               "1 thread; cold: every call reads another layer, from DRAM; gqa8: %d heads)\n",
               kHeads, kKvHeads, kHeadsGqa8);
-  std::printf("%-15s %8s %4s", "family", "tokens", "hd");
-  for (const auto& sc : kSchemes) std::printf(" %12s", sc.first);
-  std::printf("\n");
   const auto times = reporter.table();
+  std::vector<std::string> shown;  // the schemes this run timed
+  for (const auto& sc : all) {
+    if (std::any_of(times.begin(), times.end(), [&](const auto& kv) { return std::get<3>(kv.first) == sc.first; })) {
+      shown.push_back(sc.first);
+    }
+  }
+  std::printf("%-15s %8s %4s", "family", "tokens", "hd");
+  for (const auto& name : shown) std::printf(" %12s", name.c_str());
+  std::printf("\n");
   for (const auto& [key, t] : times) {
     const auto& [family, tokens, hd, scheme] = key;
     if (scheme != "fp16") continue;
     std::printf("%-15s %8d %4d", family.c_str(), tokens, hd);
-    for (const auto& sc : kSchemes) {
-      const auto it = times.find({family, tokens, hd, sc.first});
+    for (const auto& name : shown) {
+      const auto it = times.find({family, tokens, hd, name});
       if (it == times.end()) std::printf(" %12s", "-");
       else std::printf(" %12.3f", it->second / t);
     }
