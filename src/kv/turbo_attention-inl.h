@@ -565,11 +565,13 @@ bool PlanLayout(const codec::Codec& codec, int hd, Role role, FusedPlan& plan) {
     // scale, at offset 0 like mse's norm, multiplies each dot once after the
     // lane sum instead of every lane of every chunk before it.
     ok = PlanKind<false>(s.bits, hd, hd, codec.record_bytes(), plan);
-  } else if (s.kind == codec::CodecKind::Group) {
+  } else if (s.kind == codec::CodecKind::Group || s.kind == codec::CodecKind::Affine) {
+    // Affine records read as group records whose codebook is the codes
+    // themselves (FillTable), the bias added apart (AffineBiases).
     ok = PlanKind<true>(s.bits, hd, s.effective_group(), codec.record_bytes(), plan);
   }
   if (!ok) return false;
-  plan.group = s.kind == codec::CodecKind::Group ? std::min(s.effective_group(), hd) : hd;
+  plan.group = s.kind == codec::CodecKind::Mse ? hd : std::min(s.effective_group(), hd);
   plan.index_offset = codec.layout().index_offset;
   plan.record_bytes = codec.record_bytes();
   plan.dim = hd;
@@ -659,14 +661,65 @@ inline void NaturalIndices(const FusedPlan* plans, int n_parts, int* natural) {
   }
 }
 
-// The codebook, repeated to 16 entries when smaller (PermuteLowBits), then
-// zeros.   table: (kTableFloats)
+// The codebook (affine: the codes 0 .. 2^B - 1), repeated to 16 entries
+// when smaller (PermuteLowBits), then zeros.   table: (kTableFloats)
 inline void FillTable(const codec::Codec& codec, float* table) {
-  const auto c = codec.codebook()->centroids();
   std::fill(table, table + kTableFloats, 0.0f);
+  if (codec.spec().kind == codec::CodecKind::Affine) {
+    for (int i = 0; i < (1 << codec.spec().bits); ++i) table[i] = float(i);
+    return;
+  }
+  const auto c = codec.codebook()->centroids();
   const size_t n = std::max<size_t>(c.size(), 16);
   for (size_t i = 0; i < n; ++i) table[i] = c[i % c.size()];
 }
+
+// The biases of affine records (x = scale * code + bias, per group of G
+// elements; codec/format.h: ng fp16 scales, then ng fp16 biases), which
+// the group kernels leave out.
+struct AffineBiases {
+  int groups = 0;     // ng = hd / G; 0: not affine
+  int log2_group = 0;
+
+  AffineBiases(const StreamSource& src, int hd) {
+    if (src.read != StreamRead::Fused || src.codec->spec().kind != codec::CodecKind::Affine) return;
+    const int g = src.codec->spec().effective_group();
+    groups = hd / g;
+    while ((1 << log2_group) < g) ++log2_group;
+  }
+  // Record p's bias of group g.
+  float at(const StreamSource& src, int p, int g) const {
+    return Fp16At(src.records + size_t(p) * src.codec->record_bytes() + 2 * size_t(groups + g));
+  }
+  // dots[j][r] += Σ_g bias(r, g) Σ_{i in g} q_j[i] for records p0 + r.
+  //   qsum: (n_q, groups)   dots: (n_q, kBlock)
+  void score(const StreamSource& src, int nq, int p0, int nb, const float* qsum, float* dots) const {
+    for (int r = 0; r < nb; ++r) {
+      float b[codec::kMaxDim / 32];
+      for (int g = 0; g < groups; ++g) b[g] = at(src, p0 + r, g);
+      for (int j = 0; j < nq; ++j) {
+        float sum = 0.0f;
+        for (int g = 0; g < groups; ++g) sum += b[g] * qsum[j * groups + g];
+        dots[j * kBlock + r] += sum;
+      }
+    }
+  }
+  // o_j[p] += Σ_r w_j(r) bias(r, group of element natural[p]) over records
+  // p0 + r.   w: (n_q, kBlock)   o: (n_q, stride)   natural: (hd)
+  void accumulate(const StreamSource& src, int nq, int p0, int nb, const float* w, int hd, int stride,
+                  const int* natural, float* o) const {
+    float sums[kMaxJobHeads][codec::kMaxDim / 32] = {};
+    for (int r = 0; r < nb; ++r) {
+      for (int g = 0; g < groups; ++g) {
+        const float b = at(src, p0 + r, g);
+        for (int j = 0; j < nq; ++j) sums[j][g] += w[j * kBlock + r] * b;
+      }
+    }
+    for (int j = 0; j < nq; ++j) {
+      for (int p = 0; p < hd; ++p) o[size_t(j) * stride + p] += sums[j][natural[p] >> log2_group];
+    }
+  }
+};
 
 // out[p] = in[index[p]] for p < n: one vector gather per N elements (a
 // job permutes its query into chunk order and its output back; scalar,
@@ -766,6 +819,19 @@ void AttendChunkT(const ChunkJob& job, float* work) {
     for (int j = 0; j < nq; ++j) GatherRow(job.q + size_t(j) * hd, natural, hd, qp + size_t(j) * hd);
   }
   for (int i = 0; i < v_segments; ++i) FillTable(*vp[i].codec, vtab + i * kTableFloats);
+  // Affine records: the biases' share of the dots and of the values.
+  const AffineBiases k_bias(job.keys, hd), v_bias(job.values, hd);
+  float qsum[kMaxJobHeads * (codec::kMaxDim / 32)];  // (n_q, groups) Σ of each group's query elements
+  for (int j = 0; j < nq; ++j) {
+    for (int g = 0; g < k_bias.groups; ++g) {
+      const float* q = job.q + size_t(j) * hd + (size_t(g) << k_bias.log2_group);
+      float sum = 0.0f;
+      for (int i = 0; i < (1 << k_bias.log2_group); ++i) sum += q[i];
+      qsum[j * k_bias.groups + g] = sum;
+    }
+  }
+  HWY_ALIGN int v_natural[codec::kMaxDim];  // affine values: chunk-order position -> element
+  if (v_bias.groups > 0) NaturalIndices(vp, v_segments, v_natural);
   float* o = v_fused ? op : job.o;
   std::fill(o, o + size_t(nq) * hd, 0.0f);
   for (int j = 0; j < nq; ++j) {
@@ -795,6 +861,7 @@ void AttendChunkT(const ChunkJob& job, float* work) {
           }
         }
       }
+      if (k_bias.groups > 0) k_bias.score(job.keys, nq, p0, nb, qsum, sc);
     } else {
       ScoreScalar(job.keys, hd, nq, p0, nb, job.q, job.q_sketch, sc, tmp);
     }
@@ -847,6 +914,7 @@ void AttendChunkT(const ChunkJob& job, float* work) {
           j0 += 1 << piece;
         }
       }
+      if (v_bias.groups > 0) v_bias.accumulate(job.values, nq, p0, nb, sc, hd, hd, v_natural, op);
     } else {
       AccumulateScalar(job.values, hd, nq, p0, nb, sc, job.o, tmp);
     }

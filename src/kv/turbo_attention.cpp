@@ -39,6 +39,7 @@ bool fused_layout_supported(const codec::Codec& codec) {
     return kind_ok && fused_bits(s.bits);
   };
   const auto parts = codec.parts();  // split records: both parts
+  if (parts.empty() && codec.spec().kind == codec::CodecKind::Affine) return true;  // 4 and 8 bits
   if (parts.empty()) return layout_ok(codec.spec());
   return std::all_of(parts.begin(), parts.end(), [&](const codec::Codec& p) { return layout_ok(p.spec()); });
 }

@@ -32,8 +32,12 @@
 // group, d / G <= lanes and a record of >= 2 * lanes bytes). A record with
 // one scale (mse, group with one group) that no wide chunk divides is read
 // in two segments, a head at a wide vector and the rest at a narrower one
-// (3 bits at 96: 64 at 8 lanes, 32 at 4). prod and affine, other bit widths and the shapes that do not
-// chunk (e.g. 3 bits at head size 80) use the codec's scalar dot_rotated /
+// (3 bits at 96: 64 at 8 lanes, 32 at 4). Affine records (4 and 8 bits,
+// x = scale * code + bias per group) are read by the group kernels with the
+// codes 0 .. 2^B - 1 as their codebook; the biases add Σ_g bias_g Σ_(i in g)
+// q_i to a dot and Σ_t w(t) bias_g(t) to each element of group g, once per
+// block. prod, other bit widths and the shapes that do not chunk (e.g. 3
+// bits at head size 80) use the codec's scalar dot_rotated /
 // decode_rotated (StreamRead::Codec): correct, not fast. Split records
 // (outlier channels) are read part by part, each part in its segments with
 // the kernels of its own layout and codebook (the dots of the segments added

@@ -194,7 +194,8 @@ TEST(TurboAttention, EveryTargetMatchesReference) {
   hwy::SetSupportedTargetsForTest(0);
 }
 
-// prod and affine keys/values take the codec's scalar path inside the kernel.
+// prod keys and values, and any layout read as StreamRead::Codec, take the
+// codec's scalar path inside the kernel.
 TEST(TurboAttention, ScalarFallbacksMatchReference) {
   const codec::CodecSpec prod{codec::CodecKind::Prod, 4, 0, codec::MseCodebook::Sphere};
   const codec::CodecSpec affine{codec::CodecKind::Affine, 4, 64, codec::MseCodebook::Sphere};
@@ -206,6 +207,27 @@ TEST(TurboAttention, ScalarFallbacksMatchReference) {
   EXPECT_FALSE(fused_layout_supported(codec::Codec(split_spec(mse(5), 32), 128)));
   check({split_spec(mse(5), 32), split_spec(group(5, 16), 16), 128, 4, 0, 90}, StreamRead::Codec, StreamRead::Codec);
   check({split_spec(mse(5), 32), split_spec(mse(3), 64), 128, 2, 0, 90});  // kernels refuse the 6-bit part too
+}
+
+// Affine records (x = scale * code + bias per group of 32 or 64) are read by
+// the group kernels with the codes as their codebook, the biases added apart:
+// alone, and beside other layouts.
+TEST(TurboAttention, AffineMatchesReferenceOnOddSizes) {
+  auto affine = [](int b, int g) { return codec::CodecSpec{codec::CodecKind::Affine, b, g, codec::MseCodebook::Sphere}; };
+  for (int hd : {64, 96, 128, 256}) {
+    for (int b : {4, 8}) {
+      for (int g : {32, 64}) {
+        if (hd % g != 0) continue;
+        EXPECT_TRUE(fused_layout_supported(codec::Codec(affine(b, g), hd)));
+        for (int nq : kGqa) {
+          for (int len : {1, 15, 17}) check({affine(b, g), affine(b, g), hd, nq, 0, len});
+        }
+        check({affine(b, g), mse(3), hd, 4, 5, 1023});
+        check({mse(4), affine(b, g), hd, 2, 0, 300});
+        check({affine(b, g), affine(b, g), hd, 8, 3, 200}, StreamRead::Fused, StreamRead::Fused, KernelPrecision::Half);
+      }
+    }
+  }
 }
 
 // 5-bit records (turbo4's near tier, and the outlier part of a 4-bit split
