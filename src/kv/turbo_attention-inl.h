@@ -205,9 +205,11 @@ HWY_INLINE hn::Vec<DF> RecordScales(DF df, const uint8_t* rec) {
 }
 
 // Centroid values of 2^B-entry codebook `table` (kTableFloats, the codebook
-// repeated to 16 entries: FillTable).
-template <int B, class DF>
+// repeated to 16 entries: FillTable). kCodes: the codes are the values
+// (affine8's codebook 0..255), converted instead of gathered.
+template <int B, class DF, bool kCodes = false>
 struct Centroids {
+  static_assert(!kCodes || B == 8, "codes as values: 8-bit indices, one a lane");
   static constexpr size_t N = hn::MaxLanes(DF());
   hn::Vec<DF> lo, hi;
   const float* table;
@@ -215,7 +217,9 @@ struct Centroids {
 
   template <class VI>
   HWY_INLINE hn::Vec<DF> operator()(DF df, VI idx) const {
-    if constexpr (kTwoTableLowBits<B, N>) {
+    if constexpr (kCodes) {
+      return hn::ConvertTo(df, idx);
+    } else if constexpr (kTwoTableLowBits<B, N>) {
 #if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX3
       return hn::Vec<DF>{_mm512_permutex2var_ps(lo.raw, idx.raw, hi.raw)};  // idx may hold further indices above bit B
 #endif
@@ -267,9 +271,9 @@ HWY_INLINE void Sum4(DF df, V a, V b, V c, V d, float* HWY_RESTRICT out) {
 #endif
 
 // Dots of R records r0.. with NQ query heads: acc[rr * NQ + j].
-template <int B, bool kGroup, int NQ, int R, class DF>
+template <int B, bool kGroup, int NQ, int R, class DF, class C>
 HWY_INLINE void DotRecords(DF df, const uint8_t* HWY_RESTRICT rec, size_t rec_bytes, uint32_t index_offset, int dim,
-                           int stride, int group, const float* HWY_RESTRICT qp, const Centroids<B, DF>& centroids,
+                           int stride, int group, const float* HWY_RESTRICT qp, const C& centroids,
                            hn::Vec<DF>* acc) {
   const hn::Rebind<int32_t, DF> di;
   constexpr int N = int(hn::MaxLanes(df));
@@ -327,13 +331,13 @@ HWY_INLINE void DotRecords(DF df, const uint8_t* HWY_RESTRICT rec, size_t rec_by
 // the dim elements of a record (part) that starts at rec0 and repeats every
 // rec_bytes. R records per step keep R * NQ >= 4 independent FMA chains in
 // flight and reduce them four at a time.   qp: (NQ, stride)   dots: (NQ, kBlock)
-template <int B, bool kGroup, int NQ, size_t kN>
+template <int B, bool kGroup, int NQ, size_t kN, bool kCodes = false>
 void ScoreRecords(const uint8_t* HWY_RESTRICT rec0, size_t rec_bytes, uint32_t index_offset, int n, int dim,
                   int stride, int group, const float* HWY_RESTRICT qp, const float* HWY_RESTRICT table,
                   float* HWY_RESTRICT dots) {
   using DF = hn::CappedTag<float, kN>;
   const DF df;
-  const Centroids<B, DF> centroids(df, table);
+  const Centroids<B, DF, kCodes> centroids(df, table);
   int r = 0;
 #if HWY_TARGET != HWY_SCALAR
   constexpr int N = int(hn::MaxLanes(df));
@@ -390,7 +394,7 @@ void ScoreRecords(const uint8_t* HWY_RESTRICT rec0, size_t rec_bytes, uint32_t i
 // With several passes per chunk (3 bits, 4 heads) each pass loads the index
 // words again (cheaper than staging them).
 //   w: (NQ, kBlock)   op: (NQ, stride), dim elements of each row
-template <int B, bool kGroup, bool kSpan, int NQ, size_t kN>
+template <int B, bool kGroup, bool kSpan, int NQ, size_t kN, bool kCodes = false>
 void AccumulateRecords(const uint8_t* HWY_RESTRICT rec0, size_t rec_bytes, uint32_t index_offset, int n, int dim,
                        int stride, int group, const float* HWY_RESTRICT w, const float* HWY_RESTRICT table,
                        float* HWY_RESTRICT op) {
@@ -403,7 +407,7 @@ void AccumulateRecords(const uint8_t* HWY_RESTRICT rec0, size_t rec_bytes, uint3
   constexpr int kChunkBytes = E * B / 8;
   constexpr int KH = S < 16 / NQ ? S : (16 / NQ < 1 ? 1 : 16 / NQ);  // index vectors per pass
   static_assert(S % KH == 0, "passes must tile the chunk");
-  const Centroids<B, DF> centroids(df, table);
+  const Centroids<B, DF, kCodes> centroids(df, table);
   // Weights times the current group's scale (mse: the norm); chunks spanning
   // groups take the weights as they are.   (NQ, kBlock)
   HWY_ALIGN float wg[kSpan ? 1 : NQ * kBlock];
@@ -481,7 +485,7 @@ struct FusedPlan : FusedKernels {
   const codec::Codec* codec = nullptr;  // the part's codec (its codebook)
 };
 
-template <int B, bool kGroup, size_t kN>
+template <int B, bool kGroup, size_t kN, bool kCodes = false>
 bool PlanWith(int hd, int group, size_t record_bytes, FusedPlan& plan) {
   constexpr int N = int(hn::MaxLanes(hn::CappedTag<float, kN>()));
   if constexpr (B * kSubVectors<B> * N % 32 != 0) {
@@ -493,27 +497,28 @@ bool PlanWith(int hd, int group, size_t record_bytes, FusedPlan& plan) {
     plan.lanes = N;
     plan.sub = kSubVectors<B>;
     plan.chunk = E;
-    plan.score[0] = &ScoreRecords<B, kGroup, 1, kN>;
-    plan.score[1] = &ScoreRecords<B, kGroup, 2, kN>;
-    plan.score[2] = &ScoreRecords<B, kGroup, 4, kN>;
+    plan.score[0] = &ScoreRecords<B, kGroup, 1, kN, kCodes>;
+    plan.score[1] = &ScoreRecords<B, kGroup, 2, kN, kCodes>;
+    plan.score[2] = &ScoreRecords<B, kGroup, 4, kN, kCodes>;
     if (kGroup && E > group) {  // chunks span groups
-      plan.accumulate[0] = &AccumulateRecords<B, kGroup, true, 1, kN>;
-      plan.accumulate[1] = &AccumulateRecords<B, kGroup, true, 2, kN>;
-      plan.accumulate[2] = &AccumulateRecords<B, kGroup, true, 4, kN>;
+      plan.accumulate[0] = &AccumulateRecords<B, kGroup, true, 1, kN, kCodes>;
+      plan.accumulate[1] = &AccumulateRecords<B, kGroup, true, 2, kN, kCodes>;
+      plan.accumulate[2] = &AccumulateRecords<B, kGroup, true, 4, kN, kCodes>;
     } else {
-      plan.accumulate[0] = &AccumulateRecords<B, kGroup, false, 1, kN>;
-      plan.accumulate[1] = &AccumulateRecords<B, kGroup, false, 2, kN>;
-      plan.accumulate[2] = &AccumulateRecords<B, kGroup, false, 4, kN>;
+      plan.accumulate[0] = &AccumulateRecords<B, kGroup, false, 1, kN, kCodes>;
+      plan.accumulate[1] = &AccumulateRecords<B, kGroup, false, 2, kN, kCodes>;
+      plan.accumulate[2] = &AccumulateRecords<B, kGroup, false, 4, kN, kCodes>;
     }
     return true;
   }
 }
 
 // The widest vector whose chunk divides the head size (and the group size).
-template <int B, bool kGroup>
+template <int B, bool kGroup, bool kCodes = false>
 bool PlanBits(int hd, int group, size_t record_bytes, FusedPlan& plan) {
-  return PlanWith<B, kGroup, 16>(hd, group, record_bytes, plan) ||
-         PlanWith<B, kGroup, 8>(hd, group, record_bytes, plan) || PlanWith<B, kGroup, 4>(hd, group, record_bytes, plan);
+  return PlanWith<B, kGroup, 16, kCodes>(hd, group, record_bytes, plan) ||
+         PlanWith<B, kGroup, 8, kCodes>(hd, group, record_bytes, plan) ||
+         PlanWith<B, kGroup, 4, kCodes>(hd, group, record_bytes, plan);
 }
 
 template <bool kGroup>
@@ -565,9 +570,12 @@ bool PlanLayout(const codec::Codec& codec, int hd, Role role, FusedPlan& plan) {
     // scale, at offset 0 like mse's norm, multiplies each dot once after the
     // lane sum instead of every lane of every chunk before it.
     ok = PlanKind<false>(s.bits, hd, hd, codec.record_bytes(), plan);
-  } else if (s.kind == codec::CodecKind::Group || s.kind == codec::CodecKind::Affine) {
+  } else if (s.kind == codec::CodecKind::Affine && s.bits == 8) {
     // Affine records read as group records whose codebook is the codes
-    // themselves (FillTable), the bias added apart (AffineBiases).
+    // themselves, the bias added apart (AffineBiases): 8-bit codes are
+    // converted, 4-bit ones looked up in the table 0..15 (FillTable).
+    ok = PlanBits<8, true, true>(hd, s.effective_group(), codec.record_bytes(), plan);
+  } else if (s.kind == codec::CodecKind::Group || s.kind == codec::CodecKind::Affine) {
     ok = PlanKind<true>(s.bits, hd, s.effective_group(), codec.record_bytes(), plan);
   }
   if (!ok) return false;
