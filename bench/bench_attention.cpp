@@ -3,8 +3,9 @@
 // (kv/turbo_attention.h), through the real KvCache::attend().
 //
 // Schemes: every listed one (`turbokv schemes`), group4g64 (4-bit records
-// of 64-element groups), and turbo4_f32 and turbo3_f32, turbo4 and turbo3
-// with scheme option math=f32 (kv/turbo_attention.h).
+// of 64-element groups), prod4 (the QJL variant: a 3-bit mse part and d
+// sign bits), and turbo4_f32 and turbo3_f32, turbo4 and turbo3 with scheme
+// option math=f32 (kv/turbo_attention.h).
 //
 // Shape: one layer, 8 query heads over 2 kv heads (GQA 4), head size 64 or
 // 128, 1K to 64K cached tokens, one thread (kernel cost, not scaling);
@@ -50,6 +51,7 @@ std::vector<std::pair<std::string, std::string>> schemes() {
   std::vector<std::pair<std::string, std::string>> out;
   for (const std::string& name : turbokv::kv::listed_schemes()) out.emplace_back(name, name);
   out.emplace_back("group4g64", "group4g64/group4g64");
+  out.emplace_back("prod4", "prod4/prod4");
   out.emplace_back("turbo4_f32", "turbo4:math=f32");
   out.emplace_back("turbo3_f32", "turbo3:math=f32");
   return out;

@@ -15,8 +15,6 @@
 namespace turbokv::codec {
 namespace {
 
-constexpr float kQjlScale = 1.2533141373155003f;  // sqrt(pi/2)
-
 // Calls f.template operator()<B>() with B == bits (1..8): the one place where
 // the runtime bit width becomes a compile-time constant (STYLE rule 5).
 template <typename F>

@@ -47,6 +47,9 @@ namespace turbokv::codec {
 // Throws turbokv::Error naming the bad field if (spec, dim) is invalid.
 void validate_spec(const CodecSpec& spec, int dim);
 
+// sqrt(pi/2): the QJL dequantizer's scale (prod records).
+inline constexpr float kQjlScale = 1.2533141373155003f;
+
 class Codec {
  public:
   // Builds the codebook (and, for prod, the seeded QJL matrix S) once.
@@ -67,7 +70,8 @@ class Codec {
   // Split codecs: the codecs of the two parts (coordinates [0, split) and
   // [split, dim), records at offsets 0 and layout().split_offset); empty otherwise.
   std::span<const Codec> parts() const { return parts_; }
-  // prod: S, (dim, dim) row-major; empty otherwise.
+  // prod: S, (dim, dim) row-major; empty otherwise. A prod record decodes to
+  // x̂ = n (c[idx] + γ kQjlScale / dim S^T z), z = ±1 from its sign bits.
   std::span<const float> qjl_matrix() const { return qjl_; }
 
   // ---- already-rotated vectors (raw pointers: sizes are dim / record_bytes) ----

@@ -577,9 +577,14 @@ bool PlanLayout(const codec::Codec& codec, int hd, Role role, FusedPlan& plan) {
     ok = PlanBits<8, true, true>(hd, s.effective_group(), codec.record_bytes(), plan);
   } else if (s.kind == codec::CodecKind::Group || s.kind == codec::CodecKind::Affine) {
     ok = PlanKind<true>(s.bits, hd, s.effective_group(), codec.record_bytes(), plan);
+  } else if (s.kind == codec::CodecKind::Prod && s.bits >= 3) {
+    // prod: the mse part at B - 1 bits (its norm at byte 0, as mse's), the
+    // QJL signs added apart (QjlResiduals).
+    ok = PlanKind<false>(s.bits - 1, hd, hd, codec.record_bytes(), plan);
   }
   if (!ok) return false;
-  plan.group = s.kind == codec::CodecKind::Mse ? hd : std::min(s.effective_group(), hd);
+  const bool grouped = s.kind == codec::CodecKind::Group || s.kind == codec::CodecKind::Affine;
+  plan.group = grouped ? std::min(s.effective_group(), hd) : hd;
   plan.index_offset = codec.layout().index_offset;
   plan.record_bytes = codec.record_bytes();
   plan.dim = hd;
@@ -729,6 +734,91 @@ struct AffineBiases {
   }
 };
 
+// Lanes i..i+N of a record's sign bits (LSB first) as a mask.
+template <class DF>
+HWY_INLINE auto SignMask(DF df, const uint8_t* HWY_RESTRICT z, int i) {
+  if constexpr (hn::MaxLanes(df) >= 8) {
+    return hn::LoadMaskBits(df, z + i / 8);
+  } else {
+    const uint8_t bits = uint8_t(z[i / 8] >> (i % 8));
+    return hn::LoadMaskBits(df, &bits);
+  }
+}
+
+// The QJL residuals of prod records, x̂ = n (c[idx] + γ k S^T z) with
+// k = sqrt(pi/2) / d and z = ±1 from the record's d sign bits (codec.h),
+// which the mse kernels at B - 1 bits leave out:
+//   scores  <q, x̂> gains n γ k <S q, z>, from the query's sketch S q;
+//   values  S^T is linear, so the rows' n γ k w z are summed first (u, kept
+//           with the output through the softmax's rescaling) and S^T u is
+//           added once per job instead of d^2 work per row.
+struct QjlResiduals {
+  bool on = false;
+  float k = 0.0f;
+
+  QjlResiduals(const StreamSource& src, int hd) {
+    on = src.read == StreamRead::Fused && src.codec->spec().kind == codec::CodecKind::Prod;
+    k = codec::kQjlScale / float(hd);
+  }
+  static const uint8_t* record(const StreamSource& src, int p) {
+    return src.records + size_t(p) * src.codec->record_bytes();
+  }
+  static const uint8_t* signs(const StreamSource& src, const uint8_t* rec) {
+    return rec + src.codec->layout().sign_offset;
+  }
+  // dots[j][r] += n γ k Σ_i ±sketch_j[i] for records p0 + r.
+  //   sketch: (n_q, hd)   sketch_sum: (n_q) Σ_i sketch_j[i]   dots: (n_q, kBlock)
+  void score(const StreamSource& src, int nq, int p0, int nb, int hd, const float* HWY_RESTRICT sketch,
+             const float* sketch_sum, float* HWY_RESTRICT dots) const {
+    const hn::ScalableTag<float> df;
+    const int N = int(hn::Lanes(df));
+    for (int r = 0; r < nb; ++r) {
+      const uint8_t* rec = record(src, p0 + r);
+      const uint8_t* z = signs(src, rec);
+      const float f = Fp16At(rec) * Fp16At(rec + 2) * k;
+      for (int j = 0; j < nq; ++j) {
+        const float* sk = sketch + size_t(j) * hd;
+        auto acc = hn::Zero(df);
+        for (int i = 0; i < hd; i += N) acc = hn::Add(acc, hn::IfThenElseZero(SignMask(df, z, i), hn::LoadU(df, sk + i)));
+        // Σ ±sk = 2 Σ_(z = +1) sk - Σ sk
+        dots[j * kBlock + r] += f * (2.0f * hn::GetLane(hn::SumOfLanes(df, acc)) - sketch_sum[j]);
+      }
+    }
+  }
+  // u_j += w_j(r) n γ k z(r) for records p0 + r.   w: (n_q, kBlock)   u: (n_q, hd)
+  void accumulate(const StreamSource& src, int nq, int p0, int nb, const float* HWY_RESTRICT w, int hd,
+                  float* HWY_RESTRICT u) const {
+    const hn::ScalableTag<float> df;
+    const int N = int(hn::Lanes(df));
+    for (int r = 0; r < nb; ++r) {
+      const uint8_t* rec = record(src, p0 + r);
+      const uint8_t* z = signs(src, rec);
+      const float f = Fp16At(rec) * Fp16At(rec + 2) * k;
+      for (int j = 0; j < nq; ++j) {
+        const auto a = hn::Set(df, w[j * kBlock + r] * f), minus_a = hn::Neg(a);
+        float* uj = u + size_t(j) * hd;
+        for (int i = 0; i < hd; i += N) {
+          hn::StoreU(hn::Add(hn::LoadU(df, uj + i), hn::IfThenElse(SignMask(df, z, i), a, minus_a)), df, uj + i);
+        }
+      }
+    }
+  }
+  // o_j += S^T u_j (natural order).   u, o: (n_q, hd)
+  void finish(const StreamSource& src, int nq, int hd, const float* HWY_RESTRICT u, float* HWY_RESTRICT o) const {
+    const hn::ScalableTag<float> df;
+    const int N = int(hn::Lanes(df));
+    const float* S = src.codec->qjl_matrix().data();  // (hd, hd) row-major
+    for (int j = 0; j < nq; ++j) {
+      float* oj = o + size_t(j) * hd;
+      for (int row = 0; row < hd; ++row) {
+        const auto c = hn::Set(df, u[size_t(j) * hd + row]);
+        const float* s_row = S + size_t(row) * hd;
+        for (int i = 0; i < hd; i += N) hn::StoreU(hn::MulAdd(c, hn::LoadU(df, s_row + i), hn::LoadU(df, oj + i)), df, oj + i);
+      }
+    }
+  }
+};
+
 // out[p] = in[index[p]] for p < n: one vector gather per N elements (a
 // job permutes its query into chunk order and its output back; scalar,
 // the two cost about a third of a job's fixed cost).
@@ -813,6 +903,7 @@ void AttendChunkT(const ChunkJob& job, float* work) {
   float* ktab = sc2 + size_t(kMaxJobHeads) * kBlock;  // (kMaxSegments, kTableFloats)
   float* vtab = ktab + kMaxSegments * kTableFloats;   // (kMaxSegments, kTableFloats)
   float* tmp = vtab + kMaxSegments * kTableFloats;    // (hd)
+  float* qjl_u = tmp + hd;                            // (kMaxJobHeads, hd) prod values: Σ w n γ k z
 
   FusedPlan kp[kMaxSegments], vp[kMaxSegments];
   const int k_segments =
@@ -840,6 +931,16 @@ void AttendChunkT(const ChunkJob& job, float* work) {
   }
   HWY_ALIGN int v_natural[codec::kMaxDim];  // affine values: chunk-order position -> element
   if (v_bias.groups > 0) NaturalIndices(vp, v_segments, v_natural);
+  // prod records: the QJL residuals' share (the mse kernels read the rest).
+  const QjlResiduals k_qjl(job.keys, hd), v_qjl(job.values, hd);
+  float sketch_sum[kMaxJobHeads] = {};
+  if (k_qjl.on && k_fused) {
+    for (int j = 0; j < nq; ++j) {
+      for (int i = 0; i < hd; ++i) sketch_sum[j] += job.q_sketch[size_t(j) * hd + i];
+    }
+  }
+  const bool v_residuals = v_qjl.on && v_fused;
+  if (v_residuals) std::fill(qjl_u, qjl_u + size_t(nq) * hd, 0.0f);
   float* o = v_fused ? op : job.o;
   std::fill(o, o + size_t(nq) * hd, 0.0f);
   for (int j = 0; j < nq; ++j) {
@@ -870,6 +971,7 @@ void AttendChunkT(const ChunkJob& job, float* work) {
         }
       }
       if (k_bias.groups > 0) k_bias.score(job.keys, nq, p0, nb, qsum, sc);
+      if (k_qjl.on) k_qjl.score(job.keys, nq, p0, nb, hd, job.q_sketch, sketch_sum, sc);
     } else {
       ScoreScalar(job.keys, hd, nq, p0, nb, job.q, job.q_sketch, sc, tmp);
     }
@@ -896,6 +998,10 @@ void AttendChunkT(const ChunkJob& job, float* work) {
         job.d[j] *= correction;
         float* oj = o + size_t(j) * hd;
         for (int i = 0; i < hd; ++i) oj[i] *= correction;
+        if (v_residuals) {
+          float* uj = qjl_u + size_t(j) * hd;
+          for (int i = 0; i < hd; ++i) uj[i] *= correction;
+        }
         job.m[j] = block_max;
       }
       const float m = job.m[j];
@@ -923,6 +1029,7 @@ void AttendChunkT(const ChunkJob& job, float* work) {
         }
       }
       if (v_bias.groups > 0) v_bias.accumulate(job.values, nq, p0, nb, sc, hd, hd, v_natural, op);
+      if (v_residuals) v_qjl.accumulate(job.values, nq, p0, nb, sc, hd, qjl_u);
     } else {
       AccumulateScalar(job.values, hd, nq, p0, nb, sc, job.o, tmp);
     }
@@ -932,6 +1039,7 @@ void AttendChunkT(const ChunkJob& job, float* work) {
     HWY_ALIGN int chunk_pos[codec::kMaxDim];  // the inverse: chunk-order position of natural element i
     for (int p = 0; p < hd; ++p) chunk_pos[natural[p]] = p;
     for (int j = 0; j < nq; ++j) GatherRow(op + size_t(j) * hd, chunk_pos, hd, job.o + size_t(j) * hd);
+    if (v_residuals) v_qjl.finish(job.values, nq, hd, qjl_u, job.o);
   }
 }
 

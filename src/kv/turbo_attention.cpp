@@ -28,9 +28,10 @@ constexpr int kRefBlock = 64;  // same blocking as the kernels: the states agree
 
 size_t chunk_work_floats(int head_dim) {
   // chunk-order query and output, scores and a further segment's dots, a
-  // padded codebook per segment (up to 4) of keys and of values, one decoded row
+  // padded codebook per segment (up to 4) of keys and of values, one decoded
+  // row, prod values' residual sums
   return size_t(2 * kMaxJobHeads) * size_t(head_dim) + size_t(2 * kMaxJobHeads) * kRefBlock + 8 * (256 + 32) +
-         size_t(head_dim);
+         size_t(head_dim) + size_t(kMaxJobHeads) * size_t(head_dim);
 }
 
 bool fused_layout_supported(const codec::Codec& codec) {
@@ -40,6 +41,9 @@ bool fused_layout_supported(const codec::Codec& codec) {
   };
   const auto parts = codec.parts();  // split records: both parts
   if (parts.empty() && codec.spec().kind == codec::CodecKind::Affine) return true;  // 4 and 8 bits
+  if (parts.empty() && codec.spec().kind == codec::CodecKind::Prod) {
+    return codec.spec().bits >= 3 && fused_bits(codec.spec().bits - 1);  // the mse part; no 1-bit kernels
+  }
   if (parts.empty()) return layout_ok(codec.spec());
   return std::all_of(parts.begin(), parts.end(), [&](const codec::Codec& p) { return layout_ok(p.spec()); });
 }

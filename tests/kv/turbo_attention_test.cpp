@@ -230,6 +230,27 @@ TEST(TurboAttention, AffineMatchesReferenceOnOddSizes) {
   }
 }
 
+// prod records (the QJL variant) are read by the mse kernels at B - 1 bits,
+// their sign bits added apart: the sketch's dot for scores, and for values
+// S^T applied once per job to the weighted signs. Keys, values and both,
+// beside other layouts; 2-bit prod (a 1-bit mse part) stays scalar.
+TEST(TurboAttention, ProdMatchesReferenceOnOddSizes) {
+  auto prod = [](int b) { return codec::CodecSpec{codec::CodecKind::Prod, b, 0, codec::MseCodebook::Sphere}; };
+  for (int hd : {64, 128, 256}) {
+    for (int b : {3, 4, 5}) {
+      EXPECT_TRUE(fused_layout_supported(codec::Codec(prod(b), hd))) << b << " " << hd;
+      for (int nq : kGqa) {
+        for (int len : {1, 15, 17}) check({prod(b), prod(b), hd, nq, 0, len});
+      }
+      check({prod(b), mse(3), hd, 4, 5, 1023});
+      check({mse(4), prod(b), hd, 2, 0, 300});
+      check({prod(b), prod(b), hd, 8, 3, 200}, StreamRead::Fused, StreamRead::Fused, KernelPrecision::Half);
+    }
+  }
+  EXPECT_FALSE(fused_layout_supported(codec::Codec(prod(2), 128)));
+  check({prod(2), prod(2), 128, 4, 0, 100});  // read by the codec
+}
+
 // 5-bit records (turbo4's near tier, and the outlier part of a 4-bit split
 // record) take the fused kernels wherever vectors have 8 or 16 lanes.
 TEST(TurboAttention, FiveBitRecordsAreFused) {
