@@ -760,11 +760,14 @@ struct QjlResiduals {
     on = src.read == StreamRead::Fused && src.codec->spec().kind == codec::CodecKind::Prod;
     k = codec::kQjlScale / float(hd);
   }
-  static const uint8_t* record(const StreamSource& src, int p) {
-    return src.records + size_t(p) * src.codec->record_bytes();
-  }
-  static const uint8_t* signs(const StreamSource& src, const uint8_t* rec) {
-    return rec + src.codec->layout().sign_offset;
+  // Record p's sign bits and its factor n γ k.
+  struct Row {
+    const uint8_t* z;
+    float f;
+  };
+  Row row(const StreamSource& src, int p) const {
+    const uint8_t* rec = src.records + size_t(p) * src.codec->record_bytes();
+    return {rec + src.codec->layout().sign_offset, Fp16At(rec) * Fp16At(rec + 2) * k};
   }
   // dots[j][r] += n γ k Σ_i ±sketch_j[i] for records p0 + r.
   //   sketch: (n_q, hd)   sketch_sum: (n_q) Σ_i sketch_j[i]   dots: (n_q, kBlock)
@@ -773,15 +776,15 @@ struct QjlResiduals {
     const hn::ScalableTag<float> df;
     const int N = int(hn::Lanes(df));
     for (int r = 0; r < nb; ++r) {
-      const uint8_t* rec = record(src, p0 + r);
-      const uint8_t* z = signs(src, rec);
-      const float f = Fp16At(rec) * Fp16At(rec + 2) * k;
+      const Row row_r = row(src, p0 + r);
       for (int j = 0; j < nq; ++j) {
         const float* sk = sketch + size_t(j) * hd;
         auto acc = hn::Zero(df);
-        for (int i = 0; i < hd; i += N) acc = hn::Add(acc, hn::IfThenElseZero(SignMask(df, z, i), hn::LoadU(df, sk + i)));
+        for (int i = 0; i < hd; i += N) {
+          acc = hn::Add(acc, hn::IfThenElseZero(SignMask(df, row_r.z, i), hn::LoadU(df, sk + i)));
+        }
         // Σ ±sk = 2 Σ_(z = +1) sk - Σ sk
-        dots[j * kBlock + r] += f * (2.0f * hn::GetLane(hn::SumOfLanes(df, acc)) - sketch_sum[j]);
+        dots[j * kBlock + r] += row_r.f * (2.0f * hn::GetLane(hn::SumOfLanes(df, acc)) - sketch_sum[j]);
       }
     }
   }
@@ -791,14 +794,12 @@ struct QjlResiduals {
     const hn::ScalableTag<float> df;
     const int N = int(hn::Lanes(df));
     for (int r = 0; r < nb; ++r) {
-      const uint8_t* rec = record(src, p0 + r);
-      const uint8_t* z = signs(src, rec);
-      const float f = Fp16At(rec) * Fp16At(rec + 2) * k;
+      const Row row_r = row(src, p0 + r);
       for (int j = 0; j < nq; ++j) {
-        const auto a = hn::Set(df, w[j * kBlock + r] * f), minus_a = hn::Neg(a);
+        const auto a = hn::Set(df, w[j * kBlock + r] * row_r.f), minus_a = hn::Neg(a);
         float* uj = u + size_t(j) * hd;
         for (int i = 0; i < hd; i += N) {
-          hn::StoreU(hn::Add(hn::LoadU(df, uj + i), hn::IfThenElse(SignMask(df, z, i), a, minus_a)), df, uj + i);
+          hn::StoreU(hn::Add(hn::LoadU(df, uj + i), hn::IfThenElse(SignMask(df, row_r.z, i), a, minus_a)), df, uj + i);
         }
       }
     }
