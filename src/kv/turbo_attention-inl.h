@@ -579,8 +579,10 @@ bool PlanLayout(const codec::Codec& codec, int hd, Role role, FusedPlan& plan) {
     ok = PlanKind<true>(s.bits, hd, s.effective_group(), codec.record_bytes(), plan);
   } else if (s.kind == codec::CodecKind::Prod && s.bits >= 3) {
     // prod: the mse part at B - 1 bits (its norm at byte 0, as mse's), the
-    // QJL signs added apart (QjlResiduals).
-    ok = PlanKind<false>(s.bits - 1, hd, hd, codec.record_bytes(), plan);
+    // QJL signs added apart (QjlResiduals, which read whole vectors: the
+    // head size must be a multiple of this target's lanes).
+    const bool whole_vectors = hd % int(hn::Lanes(hn::ScalableTag<float>())) == 0;
+    ok = whole_vectors && PlanKind<false>(s.bits - 1, hd, hd, codec.record_bytes(), plan);
   }
   if (!ok) return false;
   const bool grouped = s.kind == codec::CodecKind::Group || s.kind == codec::CodecKind::Affine;
@@ -745,7 +747,8 @@ HWY_INLINE auto SignMask(DF df, const uint8_t* HWY_RESTRICT z, int i) {
   }
 }
 
-// The QJL residuals of prod records, x̂ = n (c[idx] + γ k S^T z) with
+// The QJL residuals of prod records (head sizes a multiple of the vector's
+// lanes: PlanLayout), x̂ = n (c[idx] + γ k S^T z) with
 // k = sqrt(pi/2) / d and z = ±1 from the record's d sign bits (codec.h),
 // which the mse kernels at B - 1 bits leave out:
 //   scores  <q, x̂> gains n γ k <S q, z>, from the query's sketch S q;

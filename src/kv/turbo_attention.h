@@ -36,8 +36,8 @@
 // x = scale * code + bias per group) are read by the group kernels with the
 // codes 0 .. 2^B - 1 as their codebook; the biases add Σ_g bias_g Σ_(i in g)
 // q_i to a dot and Σ_t w(t) bias_g(t) to each element of group g, once per
-// block. prod records at 3 bits or more are read by the mse kernels at
-// B - 1 bits; their QJL signs add n γ k <S q, z> to a dot (from the query's
+// block. prod records at 3 bits or more, at head sizes a multiple of the
+// vector's lanes, are read by the mse kernels at B - 1 bits; their QJL signs add n γ k <S q, z> to a dot (from the query's
 // sketch) and, S^T being linear, S^T Σ_t w(t) n γ k z(t) to the values once
 // per job. prod at 2 bits, other bit widths and the shapes that do not
 // chunk (e.g. 3 bits at head size 80) use the codec's scalar dot_rotated /

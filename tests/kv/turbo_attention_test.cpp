@@ -247,6 +247,9 @@ TEST(TurboAttention, ProdMatchesReferenceOnOddSizes) {
       check({prod(b), prod(b), hd, 8, 3, 200}, StreamRead::Fused, StreamRead::Fused, KernelPrecision::Half);
     }
   }
+  // Head sizes whose mse part chunks only at narrow vectors (5 bits at 72:
+  // 4-lane chunks of 8) while the sign bits are read a whole vector at a time.
+  for (int hd : {8, 72}) check({prod(5), prod(5), hd, 4, 0, 67});
   EXPECT_FALSE(fused_layout_supported(codec::Codec(prod(2), 128)));
   check({prod(2), prod(2), 128, 4, 0, 100});  // read by the codec
 }
