@@ -3,43 +3,25 @@
 // found the instructions on the CPU.
 #include "kv/turbo_attention_half.h"
 
-// GCC 12's AVX-512 headers make their "undefined" vectors by initialising
-// a variable from itself (GCC bug 105593), which -Wall reports wherever
-// they inline (the 256-to-512-bit casts and conversions here).
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-
-#include <cpuid.h>
-#include <immintrin.h>
-
 #include <algorithm>
 #include <cstring>
 #include <utility>
 
 #include "codec/format.h"
+#include "kv/turbo_attention_x86.h"
 
 namespace turbokv::kv::detail {
 namespace {
 
 constexpr int kLanes = 32;  // fp16 lanes of a vector
 
-// Loops over registers (records, heads, index vectors) must unroll, or the
-// accumulators they index go to the stack.
-#define TURBOKV_UNROLL _Pragma("GCC unroll 16")
-// Helpers on registers must inline too (a call spills every accumulator).
-#define TURBOKV_INLINE inline __attribute__((always_inline))
-
 constexpr int SubVectors(int bits) { return bits == 4 ? 2 : 4; }
 constexpr int ChunkBytes(int bits) { return kLanes * SubVectors(bits) * bits / 8; }
 
-// AVX512-FP16 on this CPU, and the OS saving the AVX-512 state.
+// AVX512-FP16 and AVX-512 BW on this CPU, and the OS saving the AVX-512 state.
 bool cpu_has_avx512fp16() {
-  unsigned a = 0, b = 0, c = 0, d = 0;
-  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
-  const bool fp16 = (d >> 23) & 1u, bw = (b >> 30) & 1u;
-  if (!__get_cpuid(1, &a, &b, &c, &d) || !((c >> 27) & 1u)) return false;  // OSXSAVE
-  const uint64_t xcr0 = _xgetbv(0);
-  return fp16 && bw && (xcr0 & 0xE6) == 0xE6;  // SSE, AVX, opmask and both zmm halves
+  Leaf7 l;
+  return avx512_leaf7(l) && ((l.edx >> 23) & 1u) && ((l.ebx >> 30) & 1u);
 }
 
 // The chunk's index words: one 16-bit lane per lane of the geometry in the
@@ -92,17 +74,10 @@ TURBOKV_INLINE __m512h Centroids(const IndexWords<B>& index_words, __m512i words
   return _mm512_castsi512_ph(_mm512_permutexvar_epi16(index_words.template sub<K>(words), table));
 }
 
-
 // The codebook (the float table, repeated to 16 entries) as 32 fp16 lanes.
 TURBOKV_INLINE __m512i HalfTable(const float* table) {
   const __m256i h = _mm512_cvtps_ph(_mm512_loadu_ps(table), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   return _mm512_inserti64x4(_mm512_castsi256_si512(h), h, 1);
-}
-
-TURBOKV_INLINE float HalfAt(const uint8_t* p) {
-  uint16_t h;
-  std::memcpy(&h, p, sizeof(h));
-  return _cvtsh_ss(h);
 }
 
 // Horizontal sums of many vectors at once, by rounds of interleave-and-add:

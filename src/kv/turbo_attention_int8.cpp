@@ -3,20 +3,11 @@
 // plan_int8_scores has found the instructions on the CPU.
 #include "kv/turbo_attention_int8.h"
 
-// GCC 12's AVX-512 headers make their "undefined" vectors by initialising
-// a variable from itself (GCC bug 105593), which -Wall reports wherever
-// they inline.
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-
-#include <cpuid.h>
-#include <immintrin.h>
-
 #include <algorithm>
-#include <cmath>
 #include <cstring>
 
 #include "codec/format.h"
+#include "kv/turbo_attention_x86.h"
 
 namespace turbokv::kv::detail {
 namespace {
@@ -24,19 +15,11 @@ namespace {
 constexpr int kChunk = 64;     // elements a chunk: one vector of 64 bytes
 constexpr int kMaxChunks = 4;  // chunks a record (ScoreInt8 instances): head sizes up to 256
 
-// Loops over registers (records, heads) must unroll, or the accumulators
-// they index go to the stack.
-#define TURBOKV_UNROLL _Pragma("GCC unroll 16")
-#define TURBOKV_INLINE inline __attribute__((always_inline))
-
 // AVX-512 F, BW, VBMI and VNNI on this CPU, and the OS saving the AVX-512 state.
 bool cpu_has_vnni_vbmi() {
-  unsigned a = 0, b = 0, c = 0, d = 0;
-  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
-  const bool f = (b >> 16) & 1u, bw = (b >> 30) & 1u, vbmi = (c >> 1) & 1u, vnni = (c >> 11) & 1u;
-  if (!__get_cpuid(1, &a, &b, &c, &d) || !((c >> 27) & 1u)) return false;  // OSXSAVE
-  const uint64_t xcr0 = _xgetbv(0);
-  return f && bw && vbmi && vnni && (xcr0 & 0xE6) == 0xE6;  // SSE, AVX, opmask and both zmm halves
+  Leaf7 l;
+  if (!avx512_leaf7(l)) return false;
+  return ((l.ebx >> 16) & 1u) && ((l.ebx >> 30) & 1u) && ((l.ecx >> 1) & 1u) && ((l.ecx >> 11) & 1u);
 }
 
 // A chunk's 64 B-bit indices (8 * B bytes) expanded to their codebook bytes
@@ -64,12 +47,6 @@ struct ChunkIndices {
     return _mm512_permutexvar_epi8(fields, table);
   }
 };
-
-TURBOKV_INLINE float HalfAt(const uint8_t* p) {
-  uint16_t h;
-  std::memcpy(&h, p, sizeof(h));
-  return _cvtsh_ss(h);
-}
 
 // [a0 a1 a0 a1] per 128-bit block: the 32-bit interleave-and-add of two
 // vectors of int32 partials.
