@@ -21,10 +21,11 @@
 // Record expansion writes no shared memory: each thread reads the index
 // bytes of its own fragment elements from the tile (funnel shifts over
 // aligned words) and looks pairs of centroids up in the pair table (see
-// kTableBits): one byte permute, which builds the entry's shared address,
-// and one LDS per two elements at 4 bits. A
-// record's fp16 scale multiplies the expanded keys (HMUL2) or, with one
-// scale per record, the scores (keys) or the softmax weights (values).
+// kTableEntries): one byte permute, which builds the entry's shared address,
+// and one LDS per two elements at 4 bits (5-bit records: one LDS per
+// element, kSingle). A record's fp16 scale multiplies the expanded keys
+// (HMUL2) or, with one scale per record, the scores (keys) or the softmax
+// weights (values).
 // Because a dot product does not care about element order, keys use the
 // element order that makes each thread's bytes contiguous (thread r of a
 // quad owns elements [r*d/4, (r+1)*d/4) of a position) and the query
@@ -61,7 +62,7 @@ struct KernelArgs {
   uint32_t k_stage, v_stage;         // shared bytes of one tile of each stream
   uint32_t k_pad, v_pad;             // shared bytes between a tile's positions 7 and 8 (records; see row_position)
   uint64_t rows;                     // position of each mma row of a tile, 4 bits a row (see row_position)
-  uint16_t k_table[16], v_table[16]; // fp16 centroids
+  uint16_t k_table[32], v_table[32]; // fp16 centroids (2^B used)
   const int* seq_len;
   int capacity, n_kv, group, split, n_split;
   const float* q;
@@ -190,6 +191,7 @@ struct Fp16Rows {
 // (mse, or group with G = head_dim), folded into the softmax weights (values).
 template <int B, bool kOneScale>
 struct Records {
+  static_assert(B >= 2 && B <= 5, "records of 2 to 5 bits");
   static constexpr bool kFp16 = false;
   static constexpr int kBits = B;
   static constexpr bool kFoldScale = kOneScale;
@@ -210,10 +212,16 @@ struct Records {
 // count), measured slower (H200, turbo4 at batch 8, 32K: 97.2 -> 94.4 us,
 // medians in one run). Kernels with an FP16 stream (2 CTAs per SM) have no
 // room for the alignment gap and add the address (kAlignedTable).
-// 2^(2B) * 256 bytes: 64 KiB at 4 bits.
+// 2^(2B) * 256 bytes: 64 KiB at 4 bits. Records of 5 bits (the near tier
+// of turbo4, turbo4v2 and turbo0v4) would need 256 KiB of pairs: their
+// table holds single elements, entry e = half2 {c[e], c[e]} (8 KiB), and
+// each element takes its own lookup (kSingle).
+template <int B>
+constexpr bool kSingle = B > 4;
+template <class L>
+constexpr int kEntriesOf = L::kFp16 ? 0 : (kSingle<L::kBits> ? 1 << L::kBits : 1 << (2 * L::kBits));
 template <class KL, class VL>
-constexpr int kTableBits = (KL::kFp16 ? 0 : KL::kBits) > (VL::kFp16 ? 0 : VL::kBits) ? (KL::kFp16 ? 0 : KL::kBits)
-                                                                                   : (VL::kFp16 ? 0 : VL::kBits);
+constexpr int kTableEntries = kEntriesOf<KL> > kEntriesOf<VL> ? kEntriesOf<KL> : kEntriesOf<VL>;
 template <class KL, class VL>
 constexpr bool kAlignedTable = !KL::kFp16 && !VL::kFp16;
 
@@ -287,7 +295,7 @@ __device__ __forceinline__ void copy_whole_tile(uint32_t stage, const uint8_t* s
 
 // Shared address, less `base`, of the pair-table entry of pair m (elements
 // 2m, 2m + 1) of a thread's index words; col: this lane's column (< 256)
-// plus the table's address where it is aligned (see kTableBits).
+// plus the table's address where it is aligned (see kTableEntries).
 template <int B, int NW>
 __device__ __forceinline__ uint32_t pair_address(const uint32_t (&x)[NW], int m, uint32_t col) {
   if constexpr (B == 4) {
@@ -373,8 +381,14 @@ struct KeyRecords {
   __device__ __forceinline__ void fragment(int c, uint32_t base, uint32_t col, uint32_t (&k)[4]) const {
 #pragma unroll
     for (int h = 0; h < 2; ++h) {  // row g, then g + 8
-      k[h] = table_at(base + pair_address<B>(x[h], 2 * c, col));
-      k[h + 2] = table_at(base + pair_address<B>(x[h], 2 * c + 1, col));
+      if constexpr (kSingle<B>) {  // one lookup per element, two make a register
+        auto at = [&](int e) { return table_at(base + ((index_at<B>(x[h], e) << 8) | col)); };
+        k[h] = __byte_perm(at(4 * c), at(4 * c + 1), 0x5410);
+        k[h + 2] = __byte_perm(at(4 * c + 2), at(4 * c + 3), 0x5410);
+      } else {
+        k[h] = table_at(base + pair_address<B>(x[h], 2 * c, col));
+        k[h + 2] = table_at(base + pair_address<B>(x[h], 2 * c + 1, col));
+      }
       if constexpr (!kFold) {
         const uint32_t s = (4 * c < kElems / 2) ? s_lo[h] : s_hi[h];
         k[h] = hmul2_u32(k[h], s);
@@ -473,6 +487,12 @@ struct ValueRecords {
     if constexpr (B == 4) {  // regrouped by load(): one lookup per register
 #pragma unroll
       for (int j = 0; j < 4; ++j) v[j] = table_at(base + pair_address<B>(x[j], mt, col));
+    } else if constexpr (kSingle<B>) {  // one lookup per element (rows 2r, 2r+1, 2r+8, 2r+9; elements 2mt, 2mt+1)
+      auto at = [&](int j, int e) { return table_at(base + ((index_at<B>(x[j], e) << 8) | col)); };
+      v[0] = __byte_perm(at(0, 2 * mt), at(1, 2 * mt), 0x5410);
+      v[1] = __byte_perm(at(0, 2 * mt + 1), at(1, 2 * mt + 1), 0x5410);
+      v[2] = __byte_perm(at(2, 2 * mt), at(3, 2 * mt), 0x5410);
+      v[3] = __byte_perm(at(2, 2 * mt + 1), at(3, 2 * mt + 1), 0x5410);
     } else {
       const uint32_t l0 = table_at(base + pair_address<B>(x[0], mt, col));
       const uint32_t l1 = table_at(base + pair_address<B>(x[1], mt, col));
@@ -543,15 +563,16 @@ constexpr int kMaxFusedSplits = 4;
 static_assert(kMaxFusedSplits <= 8, "a cluster of more than 8 CTAs is not portable");
 
 // Fills one codebook's columns (key: column 0, value: column 32 words) of
-// the pair table from 16 fp16 centroids (cooperatively, whole CTA: warp w
+// the pair table from 2^B fp16 centroids (cooperatively, whole CTA: warp w
 // writes entries w, w + W, ..., lane l their copy for bank l).
 template <int B, int kWarps>
 __device__ __forceinline__ void fill_pair_table(uint32_t* table, const uint16_t* centroids, int column, int warp,
                                                 int lane) {
-  constexpr int kEntries = 1 << (2 * B);
+  constexpr int kEntries = kSingle<B> ? 1 << B : 1 << (2 * B);
 #pragma unroll 4
   for (int e = warp; e < kEntries; e += kWarps) {
-    table[e * 64 + column + lane] = uint32_t(centroids[e & ((1 << B) - 1)]) | (uint32_t(centroids[e >> B]) << 16);
+    const uint32_t lo = centroids[kSingle<B> ? e : e & ((1 << B) - 1)], hi = kSingle<B> ? lo : centroids[e >> B];
+    table[e * 64 + column + lane] = lo | (hi << 16);
   }
 }
 
@@ -594,9 +615,9 @@ __global__ void __launch_bounds__(32 * kWarpsOf<KL, VL>, kAnyFp16<KL, VL> ? 2 : 
   const int tid = int(threadIdx.x), warp = tid / 32, lane = tid % 32, g = lane / 4, r = lane % 4;
   const int split = int(blockIdx.x), kv = int(blockIdx.y), seq = int(blockIdx.z);
   const int n_head = a.n_kv * a.group, head0 = kv * a.group;
-  constexpr int kTableBytes = kTableBits<KL, VL> == 0 ? 0 : (1 << (2 * kTableBits<KL, VL>)) * 256;
+  constexpr int kTableBytes = kTableEntries<KL, VL> * 256;
   uint8_t* ring = smem;
-  // The pair table's shared address (see kTableBits; DecodeAttention
+  // The pair table's shared address (see kTableEntries; DecodeAttention
   // reserves room for the gap); lookups add tbase to pair_address.
   constexpr bool kAligned = kAlignedTable<KL, VL>;
   const uint32_t smem_base = smem_addr(smem), ring_end = smem_base + a.ring_bytes;
@@ -949,6 +970,8 @@ KernelFn pick_value(int vbits, bool v_one_scale) {
     case 7: return kernel_for<KL, Records<3, true>, HD>();
     case 8: return kernel_for<KL, Records<4, false>, HD>();
     case 9: return kernel_for<KL, Records<4, true>, HD>();
+    case 10: return kernel_for<KL, Records<5, false>, HD>();
+    case 11: return kernel_for<KL, Records<5, true>, HD>();
   }
   return nullptr;
 }
@@ -964,6 +987,7 @@ KernelFn pick(int kbits, bool k_one_scale, int vbits, bool v_one_scale) {
       case 2: return pick_folded<HD, 2>(v_one_scale);
       case 3: return pick_folded<HD, 3>(v_one_scale);
       case 4: return pick_folded<HD, 4>(v_one_scale);
+      case 5: return pick_folded<HD, 5>(v_one_scale);
     }
   }
   switch (kbits) {
@@ -971,14 +995,15 @@ KernelFn pick(int kbits, bool k_one_scale, int vbits, bool v_one_scale) {
     case 2: return pick_value<HD, Records<2, false>>(vbits, v_one_scale);
     case 3: return pick_value<HD, Records<3, false>>(vbits, v_one_scale);
     case 4: return pick_value<HD, Records<4, false>>(vbits, v_one_scale);
+    case 5: return pick_value<HD, Records<5, false>>(vbits, v_one_scale);
   }
   return nullptr;
 }
 
-// kTableBits / the kernel's table size.
+// kTableEntries: the kernel's table size.
 size_t pair_table_bytes(int kbits, int vbits) {
-  const int b = std::max(kbits == 16 ? 0 : kbits, vbits == 16 ? 0 : vbits);
-  return b == 0 ? 0 : size_t(1) << (2 * b + 8);
+  auto entries = [](int b) { return b == 16 ? 0 : b > 4 ? 1 << b : 1 << (2 * b); };
+  return size_t(std::max(entries(kbits), entries(vbits))) * 256;
 }
 
 int stage_bytes(const StreamFormat& f, int hd, size_t row, uint32_t pad) {
@@ -1088,16 +1113,16 @@ DecodeAttention::DecodeAttention(const StreamFormat& keys, const StreamFormat& v
     if (f.fp16) return 16;
     const codec::CodecSpec& s = f.spec;
     codec::validate_spec(s, head_dim);
-    if ((s.kind != codec::CodecKind::Mse && s.kind != codec::CodecKind::Group) || s.bits < 2 || s.bits > 4) {
+    if ((s.kind != codec::CodecKind::Mse && s.kind != codec::CodecKind::Group) || s.bits < 2 || s.bits > 5) {
       throw Error(std::string("CUDA decode attention: ") + what + " codec " + codec::codec_name(s.kind) +
-                  std::to_string(s.bits) + " is not supported (mse or group at 2, 3 or 4 bits, or fp16)");
+                  std::to_string(s.bits) + " is not supported (mse or group at 2 to 5 bits, or fp16)");
     }
     if (s.split != 0) {
       throw Error(std::string("CUDA decode attention: ") + what + ": split records (outlier channels) are not supported");
     }
     const codec::Codec c(s, head_dim);
     const auto cent = c.codebook()->centroids();
-    for (int i = 0; i < 16; ++i) table[i] = i < int(cent.size()) ? f32_to_fp16(cent[size_t(i)]) : fp16_t(0);
+    for (int i = 0; i < 32; ++i) table[i] = i < int(cent.size()) ? f32_to_fp16(cent[size_t(i)]) : fp16_t(0);
     index_offset = c.layout().index_offset;
     log2g = log2_exact(s.kind == codec::CodecKind::Mse ? head_dim : s.effective_group());
     return s.bits;
@@ -1161,6 +1186,24 @@ DecodeAttention::DecodeAttention(const StreamFormat& keys, const StreamFormat& v
     TKV_CUDA(cudaDeviceGetAttribute(&reserved, cudaDevAttrReservedSharedMemoryPerBlock, device));
     const size_t lowest = attr.sharedSizeBytes, highest = lowest + size_t(reserved) + 128;
     params_->dynamic_smem = (highest + A.ring_bytes + tables - 1) / tables * tables + tables - lowest;
+  }
+  {
+    // Records too large for the ring and the aligned table together (a 64
+    // KiB table of 4-bit pairs beside records of over ~70 bytes at head_dim
+    // 128, e.g. 5-bit keys with 4-bit values; no turbo scheme's tier) are
+    // refused by name rather than by the launch.
+    cudaFuncAttributes attr{};
+    TKV_CUDA(cudaFuncGetAttributes(&attr, params_->kernel));
+    int device = 0, optin = 0;
+    TKV_CUDA(cudaGetDevice(&device));
+    TKV_CUDA(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+    if (attr.sharedSizeBytes + params_->dynamic_smem > size_t(optin)) {
+      throw Error("CUDA decode attention: keys of " + std::to_string(A.k_row) + " and values of " +
+                  std::to_string(A.v_row) + " bytes a position at head_dim " + std::to_string(head_dim) + " need " +
+                  std::to_string(attr.sharedSizeBytes + params_->dynamic_smem) +
+                  " bytes of shared memory per block (tile ring and lookup table), more than this GPU's " +
+                  std::to_string(optin));
+    }
   }
   TKV_CUDA(cudaFuncSetAttribute(params_->kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                 int(params_->dynamic_smem)));

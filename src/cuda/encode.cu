@@ -113,9 +113,10 @@ __constant__ float kSlotFactor[10] = {1.0f, 0.8f, 0.87f, 0.93f, 1.07f, 1.15f, 1.
 constexpr int kSearchSlots = 10;
 constexpr int kQuantWarps = 8;
 
+constexpr int kMaxBits = 8;  // the codec's largest mse and group records
 struct QuantParams {
-  float boundaries[16];  // 2^B - 1 used, then +inf
-  float centroids[16];   // 2^B used
+  float boundaries[1 << kMaxBits];  // 2^B - 1 used, then +inf
+  float centroids[1 << kMaxBits];   // 2^B used
   int group = 0;         // elements per scale (head_dim for mse)
   int n_groups = 1;
   int is_mse = 0;
@@ -176,12 +177,12 @@ __global__ void __launch_bounds__(32 * kQuantWarps) quantize_kernel(const float*
                                                                     int hd, QuantParams P, int slots,
                                                                     RecordPlace place, uint8_t* __restrict__ cache,
                                                                     int* __restrict__ error) {
-  __shared__ float t_s[16], c_s[16];
+  __shared__ float t_s[1 << B], c_s[1 << B];
   __shared__ float r_s[kQuantWarps][32];
   __shared__ int best_s[kQuantWarps][32];
-  if (threadIdx.x < 16) {
-    t_s[threadIdx.x] = P.boundaries[threadIdx.x];
-    c_s[threadIdx.x] = P.centroids[threadIdx.x];
+  for (int i = int(threadIdx.x); i < (1 << B); i += int(blockDim.x)) {
+    t_s[i] = P.boundaries[i];
+    c_s[i] = P.centroids[i];
   }
   __syncthreads();
   const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
@@ -270,9 +271,9 @@ __global__ void __launch_bounds__(32 * kQuantWarps) quantize_kernel(const float*
   const float wmult = best == 0 ? mult0 : mult0 * kSlotFactor[best];
   uint8_t* out = rec + P.index_offset + size_t(gi) * G * B / 8;
   for (int chunk = slot; chunk < G / 8; chunk += slots) {
-    uint32_t acc = 0;
+    uint64_t acc = 0;
 #pragma unroll
-    for (int i = 0; i < 8; ++i) acc |= quantize_cell<B>(t_s, xg[chunk * 8 + i] * wmult) << (i * B);
+    for (int i = 0; i < 8; ++i) acc |= uint64_t(quantize_cell<B>(t_s, xg[chunk * 8 + i] * wmult)) << (i * B);
 #pragma unroll
     for (int b = 0; b < B; ++b) out[chunk * B + b] = uint8_t(acc >> (8 * b));
   }
@@ -329,8 +330,9 @@ Encoder::Encoder(const StreamFormat& format, int head_dim, int n_kv_head, const 
   if (s.kind != codec::CodecKind::Mse && s.kind != codec::CodecKind::Group) {
     throw Error(std::string("CUDA encoder: codec '") + codec::codec_name(s.kind) + "' is not supported (mse, group)");
   }
-  if (s.bits < 1 || s.bits > 4) {
-    throw Error("CUDA encoder: " + std::to_string(s.bits) + "-bit records are not supported (1..4 bits)");
+  if (s.bits < 1 || s.bits > kMaxBits) {
+    throw Error("CUDA encoder: " + std::to_string(s.bits) + "-bit records are not supported (1.." +
+                std::to_string(kMaxBits) + " bits)");
   }
   if (s.split != 0) throw Error("CUDA encoder: split records (outlier channels) are not supported");
   if (!rotations || rotations->head_dim() != head_dim || rotations->n_kv_head() != n_kv_head) {
@@ -340,7 +342,7 @@ Encoder::Encoder(const StreamFormat& format, int head_dim, int n_kv_head, const 
   const auto cent = c.codebook()->centroids();
   const auto bnd = c.codebook()->boundaries();
   QuantParams& P = params_->q;
-  for (int i = 0; i < 16; ++i) {
+  for (int i = 0; i < (1 << kMaxBits); ++i) {
     P.boundaries[i] = i < int(bnd.size()) ? bnd[size_t(i)] : INFINITY;
     P.centroids[i] = i < int(cent.size()) ? cent[size_t(i)] : 0.0f;
   }
@@ -386,6 +388,10 @@ void Encoder::encode(const EncodeArgs& a) {
     case 2: quantize_kernel<2><<<blocks, 32 * kQuantWarps>>>(rot, n_vec, head_dim_, P, slots, place, cache, err); break;
     case 3: quantize_kernel<3><<<blocks, 32 * kQuantWarps>>>(rot, n_vec, head_dim_, P, slots, place, cache, err); break;
     case 4: quantize_kernel<4><<<blocks, 32 * kQuantWarps>>>(rot, n_vec, head_dim_, P, slots, place, cache, err); break;
+    case 5: quantize_kernel<5><<<blocks, 32 * kQuantWarps>>>(rot, n_vec, head_dim_, P, slots, place, cache, err); break;
+    case 6: quantize_kernel<6><<<blocks, 32 * kQuantWarps>>>(rot, n_vec, head_dim_, P, slots, place, cache, err); break;
+    case 7: quantize_kernel<7><<<blocks, 32 * kQuantWarps>>>(rot, n_vec, head_dim_, P, slots, place, cache, err); break;
+    case 8: quantize_kernel<8><<<blocks, 32 * kQuantWarps>>>(rot, n_vec, head_dim_, P, slots, place, cache, err); break;
     default: TKV_ASSERT(false, "bits checked in the constructor");
   }
   TKV_CUDA_LAUNCH("quantize_kernel");

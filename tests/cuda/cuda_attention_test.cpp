@@ -1,7 +1,8 @@
 // Kernel parity: the CUDA fused decode attention against the CPU scalar
 // reference (kv::detail::attend_chunk_reference), on odd sizes: one batch of
 // sequences of lengths 0, 1, 15, 17, 1023 and 4097, GQA 1, 2, 3, 4, 7 and 8,
-// head_dim 64 and 128, every supported key/value stream pair.
+// head_dim 64 and 128, every supported key/value stream pair (the turbo
+// schemes' far tiers and near tiers, mse and group at 2 to 5 bits).
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -227,7 +228,7 @@ class CudaAttention : public ::testing::TestWithParam<int> {};
 
 std::vector<PairCase> pairs(int hd) {
   const int vg = hd == 128 ? 128 : 64;  // turbo<B> values: groups of 128 where they divide
-  return {
+  std::vector<PairCase> out = {
       {fp16(), fp16()},                           // the FP16 baseline kernel
       {group(4, 64), group(4, vg)},               // turbo4 with keys in groups of 64
       {group(4, vg), group(4, vg)},               // turbo4 as resolved now (one scale a record)
@@ -237,7 +238,15 @@ std::vector<PairCase> pairs(int hd) {
       {mse(4), mse(4)}, {mse(3), mse(3)}, {mse(2), mse(2)},
       {fp16(), group(4, 16)},                     // turbo0v4
       {group(3, 32), fp16()},                     // compressed keys, FP16 values
+      {group(5, vg), group(5, vg)},               // turbo4's near tier (5 bits: single-element lookups)
+      {group(5, vg), group(3, vg)},               // turbo4v2's near tier
+      {fp16(), group(5, 16)},                     // turbo0v4's near tier
+      {mse(5), mse(5)},
   };
+  // 5-bit keys with 4-bit values: at head_dim 128 their tile ring and the
+  // 64 KiB pair table exceed shared memory (refused, see below).
+  if (hd == 64) out.push_back({group(5, 32), group(4, 32)});
+  return out;
 }
 
 TEST_P(CudaAttention, MatchesCpuReferenceOnOddSizes) {
@@ -349,6 +358,17 @@ TEST(CudaAttentionShapes, UnsupportedShapesAreRejectedByName) {
   EXPECT_THROW(DecodeAttention(StreamFormat::rows_fp16(), StreamFormat::rows_fp16(), 128, 2, 9), Error);
   const codec::CodecSpec b8{codec::CodecKind::Group, 8, 64, codec::MseCodebook::Sphere};
   EXPECT_THROW(DecodeAttention(StreamFormat::records(b8), StreamFormat::rows_fp16(), 128, 2, 4), Error);
+  const codec::CodecSpec b6{codec::CodecKind::Mse, 6, 0, codec::MseCodebook::Sphere};
+  EXPECT_THROW(DecodeAttention(StreamFormat::rows_fp16(), StreamFormat::records(b6), 128, 2, 4), Error);
+  // Records that leave no room for the tile ring beside the 4-bit pair table.
+  const codec::CodecSpec k5{codec::CodecKind::Group, 5, 32, codec::MseCodebook::Sphere};
+  const codec::CodecSpec v4{codec::CodecKind::Group, 4, 32, codec::MseCodebook::Sphere};
+  try {
+    DecodeAttention(StreamFormat::records(k5), StreamFormat::records(v4), 128, 2, 4);
+    ADD_FAILURE() << "5-bit keys with 4-bit values in groups of 32 at head_dim 128 were accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("shared memory"), std::string::npos) << e.what();
+  }
   codec::CodecSpec split{codec::CodecKind::Mse, 3, 0, codec::MseCodebook::Sphere};
   split.split = 32;  // outlier channels: a record of two layouts
   EXPECT_THROW(DecodeAttention(StreamFormat::records(split), StreamFormat::rows_fp16(), 128, 2, 4), Error);

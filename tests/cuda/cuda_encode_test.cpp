@@ -82,7 +82,7 @@ std::vector<EncodeCase> encode_cases(int hd) {
   using codec::CodecKind;
   using codec::ScaleRule;
   std::vector<EncodeCase> out;
-  for (int bits : {2, 3, 4}) {
+  for (int bits : {2, 3, 4, 5, 8}) {  // 5: the near tiers of turbo4, turbo4v2, turbo0v4; 8: turbo8
     for (int g : {16, 32, 64, 128}) {
       if (g > hd) continue;
       for (ScaleRule rule : {ScaleRule::Auto, ScaleRule::LeastSquares, ScaleRule::Unbiased}) {
@@ -270,6 +270,8 @@ TEST(CudaEncode, UnsupportedFormatsAreRejectedByName) {
   codec::CodecSpec split{codec::CodecKind::Mse, 3, 0, codec::MseCodebook::Sphere};
   split.split = 16;  // outlier channels
   EXPECT_THROW(Encoder(StreamFormat::records(split), 64, 1, &rot), Error);
+  const codec::CodecSpec affine{codec::CodecKind::Affine, 4, 64, codec::MseCodebook::Sphere};
+  EXPECT_THROW(Encoder(StreamFormat::records(affine), 64, 1, &rot), Error);
   EXPECT_THROW(hadamard_signs(codec::Rotation::make(80, kSeed)), Error);
 }
 
