@@ -201,9 +201,32 @@ struct AttentionArgs {
   const float* shift = nullptr;  // device (n_seq, n_kv_head * group) added to every dot; may be null
   float scale = 1.0f;            // score = scale * (<q, k̂> + shift)
   float* out = nullptr;          // device (n_seq, n_kv_head * group, head_dim), value stream's space
+  // Partial states (both or neither): out then holds each row's output
+  // unnormalized, out_m its running maximum (base 2, of the scaled scores)
+  // and out_d its softmax denominator, device (n_seq, n_kv_head * group)
+  // each. merge_partials folds calls over disjoint positions (a cache's
+  // tiers: raw window, near and far records) into the normalized output.
+  float* out_m = nullptr;
+  float* out_d = nullptr;
   int split = 0;                 // positions per split (multiple of 64); 0 = planned
   void* stream = nullptr;        // cudaStream_t the kernels go to; null: the default stream
 };
+
+// One call's partial states (AttentionArgs out, out_m, out_d).
+struct PartialState {
+  const float* m = nullptr;  // device (rows)
+  const float* d = nullptr;  // device (rows)
+  const float* o = nullptr;  // device (rows, head_dim), unnormalized
+};
+
+// Folds 1 to 8 calls' partial states of the same rows (query heads of the
+// same sequences, attended over disjoint positions, with their outputs in
+// one space) in order and normalizes into out, device (rows, head_dim): the
+// exact merge of flash-decoding's splits. An output is linear in o, so a
+// part in the rotated space can be rotated back (DeviceRotations::inverse)
+// before the merge. Asynchronous on `stream`.
+void merge_partials(const std::vector<PartialState>& parts, size_t rows, int head_dim, float* out,
+                    void* stream = nullptr);
 
 class DecodeAttention {
  public:

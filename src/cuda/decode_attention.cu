@@ -72,15 +72,23 @@ struct KernelArgs {
   float* ws_d;                       // (n_seq, n_head, n_split)
   float* ws_o;                       // (n_seq, n_head, n_split, head_dim) unnormalized
   float* out;                        // (n_seq, n_head, head_dim), written by the cluster; null: merge_kernel merges
+  float* out_m;                      // (n_seq, n_head): partial states wanted (AttentionArgs::out_m), else null
+  float* out_d;
   uint32_t ring_bytes;               // dynamic shared bytes before the pair table (ring, or the warps' merge)
 };
 
 // Folds the partial states of one output element, split by split in order
-// (kv/online_softmax.h merge, base 2), and normalizes; no positions (every
-// d zero) give zero. m(s), d(s), o(s) read split s's running maximum,
-// denominator and unnormalized element.
+// (kv/online_softmax.h merge, base 2): the folded maximum, denominator and
+// unnormalized element. m(s), d(s), o(s) read split s's running maximum,
+// denominator and unnormalized element; splits without positions (d zero)
+// add nothing.
+struct Folded {
+  float m, d, o;
+  // The normalized element; no positions give zero.
+  __device__ __forceinline__ float value() const { return d > 0.0f ? o / d : 0.0f; }
+};
 template <class M, class D, class O>
-__device__ __forceinline__ float fold_splits(int n_split, M m, D d, O o) {
+__device__ __forceinline__ Folded fold_splits(int n_split, M m, D d, O o) {
   float mx = -INFINITY;
   for (int s = 0; s < n_split; ++s) mx = fmaxf(mx, m(s));
   float den = 0.0f, acc = 0.0f;
@@ -93,7 +101,24 @@ __device__ __forceinline__ float fold_splits(int n_split, M m, D d, O o) {
       acc += o(s) * f;
     }
   }
-  return den > 0.0f ? acc / den : 0.0f;
+  return {mx, den, acc};
+}
+
+// Writes element e of query row `row` (sequence * n_head + head) of a call:
+// normalized into out, or, where the caller asked for partial states
+// (out_m, out_d), unnormalized, with the row's maximum and denominator
+// once (e = 0).
+__device__ __forceinline__ void write_output(float* out, float* out_m, float* out_d, size_t row, int hd, int e,
+                                             const Folded& f) {
+  if (out_m == nullptr) {
+    out[row * hd + e] = f.value();
+    return;
+  }
+  out[row * hd + e] = f.o;
+  if (e == 0) {
+    out_m[row] = f.m;
+    out_d[row] = f.d;
+  }
 }
 
 // ---- PTX wrappers -----------------------------------------------------------------------
@@ -914,9 +939,10 @@ __global__ void __launch_bounds__(32 * kWarpsOf<KL, VL>, kAnyFp16<KL, VL> ? 2 : 
       asm volatile("barrier.cluster.wait.acquire;\n" ::: "memory");
       for (int i = tid; i < a.group * HD; i += kThreads) {
         const int head = i / HD, t = (i % HD) / 16, row = i % 16;
-        a.out[(size_t(seq) * n_head + head0 + head) * HD + VR::out_element(t, row)] = fold_splits(
+        const Folded f = fold_splits(
             a.n_split, [&](int s) { return recv_m[s][head]; }, [&](int s) { return recv_d[s][head]; },
             [&](int s) { return recv_o[s][i]; });
+        write_output(a.out, a.out_m, a.out_d, size_t(seq) * n_head + head0 + head, HD, VR::out_element(t, row), f);
       }
       return;
     }
@@ -937,15 +963,36 @@ __global__ void __launch_bounds__(32 * kWarpsOf<KL, VL>, kAnyFp16<KL, VL> ? 2 : 
 }
 
 // One block per (sequence, query head): folds the splits' states in order
-// (kv/online_softmax.h merge, base 2) and normalizes; an empty sequence
-// gives zeros.
+// (kv/online_softmax.h merge, base 2) and normalizes (an empty sequence
+// gives zeros), or writes the folded partial state (out_m non-null).
 __global__ void merge_kernel(const float* __restrict__ ws_m, const float* __restrict__ ws_d,
-                             const float* __restrict__ ws_o, int n_split, int hd, float* __restrict__ out) {
+                             const float* __restrict__ ws_o, int n_split, int hd, float* __restrict__ out,
+                             float* __restrict__ out_m, float* __restrict__ out_d) {
   const size_t bh = blockIdx.x;
   for (int e = int(threadIdx.x); e < hd; e += int(blockDim.x)) {
-    out[bh * hd + e] = fold_splits(
+    const Folded f = fold_splits(
         n_split, [&](int s) { return ws_m[bh * n_split + s]; }, [&](int s) { return ws_d[bh * n_split + s]; },
         [&](int s) { return ws_o[(bh * n_split + s) * hd + e]; });
+    write_output(out, out_m, out_d, bh, hd, e, f);
+  }
+}
+
+// One block per query row: folds the calls' partial states in order and
+// normalizes (merge_partials).
+constexpr int kMaxParts = 8;
+struct Parts {
+  const float* m[kMaxParts];
+  const float* d[kMaxParts];
+  const float* o[kMaxParts];
+  int n;
+};
+__global__ void merge_parts_kernel(const Parts p, int hd, float* __restrict__ out) {
+  const size_t row = blockIdx.x;
+  for (int e = int(threadIdx.x); e < hd; e += int(blockDim.x)) {
+    out[row * hd + e] = fold_splits(
+                            p.n, [&](int s) { return p.m[s][row]; }, [&](int s) { return p.d[s][row]; },
+                            [&](int s) { return p.o[s][row * hd + e]; })
+                            .value();
   }
 }
 
@@ -1245,6 +1292,9 @@ void DecodeAttention::run(const AttentionArgs& args) {
     throw Error("CUDA decode attention: capacity " + std::to_string(args.capacity) +
                 " must be a multiple of 16 and at least max_seq_len " + std::to_string(args.max_seq_len));
   }
+  if ((args.out_m == nullptr) != (args.out_d == nullptr)) {
+    throw Error("CUDA decode attention: partial states need both out_m and out_d (or neither)");
+  }
   if (reinterpret_cast<uintptr_t>(args.q) % 16 != 0) {  // the kernel loads the query 16 bytes at a time
     throw Error("CUDA decode attention: the query must be 16-byte aligned");
   }
@@ -1266,6 +1316,8 @@ void DecodeAttention::run(const AttentionArgs& args) {
   A.q = args.q;
   A.shift = args.shift;
   A.scale_log2 = args.scale * kLog2e;
+  A.out_m = args.out_m;
+  A.out_d = args.out_d;
   const dim3 grid(unsigned(n_split), unsigned(n_kv_head_), unsigned(args.n_seq));
   const cudaStream_t stream = static_cast<cudaStream_t>(args.stream);
   if (fused) {  // one cluster per (sequence, kv head): its n_split CTAs
@@ -1279,9 +1331,28 @@ void DecodeAttention::run(const AttentionArgs& args) {
     A.out = nullptr;
     params_->kernel<<<grid, unsigned(params_->threads), params_->dynamic_smem, stream>>>(A);
     TKV_CUDA_LAUNCH("attention_kernel");
-    merge_kernel<<<unsigned(args.n_seq * n_head), 128, 0, stream>>>(A.ws_m, A.ws_d, A.ws_o, n_split, head_dim_, args.out);
+    merge_kernel<<<unsigned(args.n_seq * n_head), 128, 0, stream>>>(A.ws_m, A.ws_d, A.ws_o, n_split, head_dim_, args.out,
+                                                                    args.out_m, args.out_d);
     TKV_CUDA_LAUNCH("merge_kernel");
   }
+}
+
+void merge_partials(const std::vector<PartialState>& parts, size_t rows, int head_dim, float* out, void* stream) {
+  if (parts.empty() || parts.size() > size_t(kMaxParts)) {
+    throw Error("CUDA merge_partials: 1 to " + std::to_string(kMaxParts) + " partial states, got " +
+                std::to_string(parts.size()));
+  }
+  if (rows == 0) return;
+  Parts p{};
+  p.n = int(parts.size());
+  for (size_t i = 0; i < parts.size(); ++i) {
+    if (!parts[i].m || !parts[i].d || !parts[i].o) throw Error("CUDA merge_partials: a partial state without m, d or o");
+    p.m[i] = parts[i].m;
+    p.d[i] = parts[i].d;
+    p.o[i] = parts[i].o;
+  }
+  merge_parts_kernel<<<unsigned(rows), 128, 0, static_cast<cudaStream_t>(stream)>>>(p, head_dim, out);
+  TKV_CUDA_LAUNCH("merge_parts_kernel");
 }
 
 }  // namespace turbokv::cuda

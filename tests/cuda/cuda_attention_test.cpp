@@ -256,6 +256,128 @@ TEST_P(CudaAttention, MatchesCpuReferenceOnOddSizes) {
 
 INSTANTIATE_TEST_SUITE_P(HeadDim, CudaAttention, ::testing::Values(64, 128));
 
+// A cache's tiers as turbo4 keeps them (far: 4-bit records, near: 5-bit
+// records, window: FP16 rows; here all in one space), attended by one call
+// each with partial states and folded by merge_partials, against the CPU
+// reference's per-tier states merged on the host.
+TEST(CudaAttentionTiers, WindowNearAndFarMergeExactly) {
+  SKIP_WITHOUT_GPU();
+  const int hd = 128, n_kv = 2, n_group = 4, n_seq = int(kLengths.size()), n_head = n_kv * n_group;
+  const size_t rows = size_t(n_seq) * n_head;
+  const std::vector<PairCase> tiers = {{group(4, 128), group(4, 128)}, {group(5, 128), group(5, 128)}, {fp16(), fp16()}};
+  std::vector<std::vector<int>> len(tiers.size());
+  for (int s = 0; s < n_seq; ++s) {
+    const int total = kLengths[size_t(s)], window = std::min(2, total), near = std::min(26, total - window);
+    len[0].push_back(total - window - near);
+    len[1].push_back(near);
+    len[2].push_back(window);
+  }
+  Rng rng(404);
+  std::vector<float> q(rows * hd), shift(rows);
+  for (auto& v : q) v = float(rng.normal());
+  for (auto& v : shift) v = float(rng.normal());
+  DeviceBuffer dq = upload_vector(q), dshift = upload_vector(shift), dout(rows * hd * sizeof(float));
+  const float scale = 1.0f / std::sqrt(float(hd));
+  // Host merge of the reference's per-tier states (natural base).
+  std::vector<double> M(rows, -INFINITY), D(rows, 0.0), O(rows * hd, 0.0);
+  std::vector<DeviceBuffer> keep;
+  std::vector<PartialState> parts;
+  std::vector<float> whole_first;  // tier 0 by a plain call (normalized)
+  for (size_t t = 0; t < tiers.size(); ++t) {
+    const PairCase& pc = tiers[t];
+    const HostStream hk = fill(pc.k, hd, n_seq, n_kv, true, 11 + t), hv = fill(pc.v, hd, n_seq, n_kv, false, 21 + t);
+    std::optional<codec::Codec> kc, vc;
+    if (!pc.k.fmt.fp16) kc.emplace(pc.k.fmt.spec, hd);
+    if (!pc.v.fmt.fp16) vc.emplace(pc.v.fmt.spec, hd);
+    keep.push_back(upload_vector(hk.bytes));
+    keep.push_back(upload_vector(hv.bytes));
+    keep.push_back(upload_vector(len[t]));
+    const void* dk = keep[keep.size() - 3].data();
+    const void* dv = keep[keep.size() - 2].data();
+    const int* dlen = keep.back().as<int>();
+    DeviceBuffer pm(rows * sizeof(float)), pd(rows * sizeof(float)), po(rows * hd * sizeof(float));
+    DecodeAttention attn(pc.k.fmt, pc.v.fmt, hd, n_kv, n_group);
+    AttentionArgs a;
+    a.n_seq = n_seq;
+    a.seq_len = dlen;
+    a.max_seq_len = std::max(1, *std::max_element(len[t].begin(), len[t].end()));
+    a.capacity = kCapacity;
+    a.keys = dk;
+    a.values = dv;
+    a.q = dq.as<float>();
+    a.shift = dshift.as<float>();
+    a.scale = scale;
+    if (t == 0) {  // the same call, normalized: one part merged alone must give its bits
+      a.out = dout.as<float>();
+      attn.run(a);
+      whole_first.resize(rows * hd);
+      dout.download(whole_first.data(), whole_first.size() * sizeof(float));
+    }
+    a.out = po.as<float>();
+    a.out_m = pm.as<float>();
+    a.out_d = pd.as<float>();
+    attn.run(a);
+    parts.push_back({pm.as<float>(), pd.as<float>(), po.as<float>()});
+    keep.push_back(std::move(pm));
+    keep.push_back(std::move(pd));
+    keep.push_back(std::move(po));
+
+    std::vector<float> work(kv::detail::chunk_work_floats(hd));
+    for (int s = 0; s < n_seq; ++s) {
+      if (len[t][size_t(s)] == 0) continue;
+      for (int g = 0; g < n_kv; ++g) {
+        const size_t head = size_t(s) * n_head + size_t(g) * n_group;
+        std::vector<float> m(static_cast<size_t>(n_group)), d(static_cast<size_t>(n_group)), o(size_t(n_group) * hd);
+        kv::detail::ChunkJob job;
+        job.keys = source(pc.k, kc, &hk.bytes[(size_t(s) * n_kv + g) * kCapacity * hk.row]);
+        job.values = source(pc.v, vc, &hv.bytes[(size_t(s) * n_kv + g) * kCapacity * hv.row]);
+        job.head_dim = hd;
+        job.n_q = n_group;
+        job.begin = 0;
+        job.end = len[t][size_t(s)];
+        job.q = &q[head * hd];
+        job.shift = &shift[head];
+        job.scale = scale;
+        job.m = m.data();
+        job.d = d.data();
+        job.o = o.data();
+        kv::detail::attend_chunk_reference(job, work.data());
+        for (int j = 0; j < n_group; ++j) {
+          const size_t r = head + size_t(j);
+          const double mn = std::max(M[r], double(m[size_t(j)]));
+          const double a_old = std::exp(M[r] - mn), a_new = std::exp(double(m[size_t(j)]) - mn);
+          D[r] = D[r] * a_old + double(d[size_t(j)]) * a_new;
+          for (int i = 0; i < hd; ++i) O[r * hd + i] = O[r * hd + i] * a_old + double(o[size_t(j) * hd + i]) * a_new;
+          M[r] = mn;
+        }
+      }
+    }
+  }
+  // One part alone: the plain call's bits.
+  merge_partials({parts[0]}, rows, hd, dout.as<float>());
+  std::vector<float> one(rows * hd);
+  dout.download(one.data(), one.size() * sizeof(float));
+  EXPECT_EQ(std::memcmp(one.data(), whole_first.data(), one.size() * sizeof(float)), 0);
+  // All three.
+  dout.fill(0xFF);
+  merge_partials(parts, rows, hd, dout.as<float>());
+  std::vector<float> out(rows * hd);
+  dout.download(out.data(), out.size() * sizeof(float));
+  double worst = 0;
+  for (size_t r = 0; r < rows; ++r) {
+    std::vector<float> ref(static_cast<size_t>(hd), 0.0f);
+    if (D[r] > 0) {
+      for (int i = 0; i < hd; ++i) ref[size_t(i)] = float(O[r * hd + i] / D[r]);
+    }
+    for (int i = 0; i < hd; ++i) ASSERT_TRUE(std::isfinite(out[r * hd + i])) << "row " << r;
+    const double e = rel_l2(&out[r * hd], ref.data(), hd);
+    worst = std::max(worst, e);
+    EXPECT_LE(e, kHalfOperandTolerance) << "row " << r << " (sequence length " << kLengths[r / n_head] << ")";
+  }
+  std::printf("[ tiers ] far group4g128 + near group5g128 + window fp16: max rel L2 vs reference %.2e\n", worst);
+  EXPECT_THROW(merge_partials({}, rows, hd, dout.as<float>()), Error);
+}
+
 // End to end through the rotations: keys and values in the original space,
 // encoded on the GPU (turbo4's codecs, scale search included), queries
 // rotated on the GPU, output rotated back; against the CPU codec, CPU
