@@ -120,6 +120,29 @@ struct PairCase {
   Stream k, v;
 };
 
+// The CPU reference's state {m, d, o} (natural base, o unnormalized) of
+// n_q query heads (q, shift: their first) over positions [0, len) of one
+// (sequence, kv head), `slot` = sequence * n_kv + kv head.
+void reference_state(const PairCase& pc, const std::optional<codec::Codec>& kc,
+                     const std::optional<codec::Codec>& vc, const HostStream& hk, const HostStream& hv, size_t slot,
+                     int hd, int n_q, int len, const float* q, const float* shift, float scale, float* m, float* d,
+                     float* o, std::vector<float>& work) {
+  kv::detail::ChunkJob job;
+  job.keys = source(pc.k, kc, &hk.bytes[slot * kCapacity * hk.row]);
+  job.values = source(pc.v, vc, &hv.bytes[slot * kCapacity * hv.row]);
+  job.head_dim = hd;
+  job.n_q = n_q;
+  job.begin = 0;
+  job.end = len;
+  job.q = q;
+  job.shift = shift;
+  job.scale = scale;
+  job.m = m;
+  job.d = d;
+  job.o = o;
+  kv::detail::attend_chunk_reference(job, work.data());
+}
+
 void check_pair(const PairCase& pc, int hd) {
   const int n_seq = int(kLengths.size()), n_kv = 2;
   const int max_len = *std::max_element(kLengths.begin(), kLengths.end());
@@ -185,20 +208,8 @@ void check_pair(const PairCase& pc, int hd) {
           const int nq = std::min(kv::detail::kMaxJobHeads, group - h0);
           const size_t head = size_t(s) * n_head + size_t(g) * group + h0;
           std::vector<float> m(static_cast<size_t>(nq)), d(static_cast<size_t>(nq)), o(size_t(nq) * hd);
-          kv::detail::ChunkJob job;
-          job.keys = source(pc.k, kc, &hk.bytes[(size_t(s) * n_kv + g) * kCapacity * hk.row]);
-          job.values = source(pc.v, vc, &hv.bytes[(size_t(s) * n_kv + g) * kCapacity * hv.row]);
-          job.head_dim = hd;
-          job.n_q = nq;
-          job.begin = 0;
-          job.end = len;
-          job.q = &q[head * hd];
-          job.shift = &shift[head];
-          job.scale = scale;
-          job.m = m.data();
-          job.d = d.data();
-          job.o = o.data();
-          kv::detail::attend_chunk_reference(job, work.data());
+          reference_state(pc, kc, vc, hk, hv, size_t(s) * n_kv + g, hd, nq, len, &q[head * hd], &shift[head], scale,
+                          m.data(), d.data(), o.data(), work);
           for (int j = 0; j < nq; ++j)
             for (int i = 0; i < hd; ++i) ref[(head + j) * hd + i] = o[size_t(j) * hd + i] / d[size_t(j)];
         }
@@ -328,20 +339,8 @@ TEST(CudaAttentionTiers, WindowNearAndFarMergeExactly) {
       for (int g = 0; g < n_kv; ++g) {
         const size_t head = size_t(s) * n_head + size_t(g) * n_group;
         std::vector<float> m(static_cast<size_t>(n_group)), d(static_cast<size_t>(n_group)), o(size_t(n_group) * hd);
-        kv::detail::ChunkJob job;
-        job.keys = source(pc.k, kc, &hk.bytes[(size_t(s) * n_kv + g) * kCapacity * hk.row]);
-        job.values = source(pc.v, vc, &hv.bytes[(size_t(s) * n_kv + g) * kCapacity * hv.row]);
-        job.head_dim = hd;
-        job.n_q = n_group;
-        job.begin = 0;
-        job.end = len[t][size_t(s)];
-        job.q = &q[head * hd];
-        job.shift = &shift[head];
-        job.scale = scale;
-        job.m = m.data();
-        job.d = d.data();
-        job.o = o.data();
-        kv::detail::attend_chunk_reference(job, work.data());
+        reference_state(pc, kc, vc, hk, hv, size_t(s) * n_kv + g, hd, n_group, len[t][size_t(s)], &q[head * hd],
+                        &shift[head], scale, m.data(), d.data(), o.data(), work);
         for (int j = 0; j < n_group; ++j) {
           const size_t r = head + size_t(j);
           const double mn = std::max(M[r], double(m[size_t(j)]));
