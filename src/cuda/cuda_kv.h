@@ -27,11 +27,12 @@
 // value is written anywhere. Operands are fp16 (the query, expanded keys
 // and values, softmax weights), accumulation is fp32.
 //
-// Supported: decode attention over mse and group records at 2 to 5 bits
-// (the far and near tiers of every turbo scheme but turbo8; any group size
-// the codec allows; not split records) and fp16 rows, head_dim 64 and 128,
-// 1..8 query heads per kv head; encoding of mse and group records at 1 to
-// 8 bits (turbo8's too) and fp16 rows.
+// Supported: decode attention over mse and group records at 2 to 5 bits and
+// at 8 bits (the far and near tiers of every turbo scheme; 8-bit records
+// pair only with 8-bit records or fp16 rows; any group size the codec
+// allows; not split records) and fp16 rows, head_dim 64 and 128, 1..8
+// query heads per kv head; encoding of mse and group records at 1 to 8
+// bits and fp16 rows.
 // An expanded key or value (fp16 scale times centroid) must fit in fp16.
 // Anything else throws turbokv::Error naming what is unsupported.
 #pragma once
@@ -110,7 +111,7 @@ void hold_stream(void* stream, double microseconds);
 // How one stream (keys or values) is stored on the device.
 struct StreamFormat {
   bool fp16 = true;       // fp16 rows; else codec records of `spec`
-  codec::CodecSpec spec;  // when !fp16: mse or group (decode attention: 2..5 bits; encoder: 1..8)
+  codec::CodecSpec spec;  // when !fp16: mse or group (decode attention: 2..5 and 8 bits; encoder: 1..8)
 
   static StreamFormat rows_fp16() { return {}; }
   static StreamFormat records(const codec::CodecSpec& s) { return {false, s}; }

@@ -62,7 +62,7 @@ struct KernelArgs {
   uint32_t k_stage, v_stage;         // shared bytes of one tile of each stream
   uint32_t k_pad, v_pad;             // shared bytes between a tile's positions 7 and 8 (records; see row_position)
   uint64_t rows;                     // position of each mma row of a tile, 4 bits a row (see row_position)
-  uint16_t k_table[32], v_table[32]; // fp16 centroids (2^B used)
+  uint16_t k_table[256], v_table[256];  // fp16 centroids (2^B used)
   const int* seq_len;
   int capacity, n_kv, group, split, n_split;
   const float* q;
@@ -216,7 +216,7 @@ struct Fp16Rows {
 // (mse, or group with G = head_dim), folded into the softmax weights (values).
 template <int B, bool kOneScale>
 struct Records {
-  static_assert(B >= 2 && B <= 5, "records of 2 to 5 bits");
+  static_assert((B >= 2 && B <= 5) || B == 8, "records of 2 to 5 or 8 bits");
   static constexpr bool kFp16 = false;
   static constexpr int kBits = B;
   static constexpr bool kFoldScale = kOneScale;
@@ -255,12 +255,18 @@ constexpr bool kAlignedTable = !KL::kFp16 && !VL::kFp16;
 template <int HD>
 constexpr int kRowPitch = (HD + 8) * 2;
 
+// 16-byte chunks a lane copies per tile of a stream's records: a tile is
+// row_bytes chunks, at most 96 (3 a lane) below 8 bits, at most 160 (5 a
+// lane: group8 with groups of 16 at head_dim 128) at 8 bits.
+template <class L>
+constexpr int kChunksOf = L::kFp16 ? 1 : (L::kBits == 8 ? 5 : 3);
+
 // Copies one tile (16 positions from `src`, `valid` of them real) into a
 // stage; positions past `valid` are zero (zero scales: finite, and masked).
 // Records: the tile is 16 * row_bytes contiguous bytes, `row_bytes` chunks
-// of 16 (at most 3 per lane: records are at most 96 bytes here); positions
-// 8-15 (from chunk row_bytes / 2: records have an even size) land `pad`
-// bytes further than positions 0-7 (see row_position).
+// of 16 (at most kChunksOf per lane); positions 8-15 (from chunk
+// row_bytes / 2: records have an even size) land `pad` bytes further than
+// positions 0-7 (see row_position).
 template <class L, int HD>
 __device__ __forceinline__ void copy_tile(uint8_t* stage, const uint8_t* src, uint32_t row_bytes, uint32_t pad,
                                           int valid, int lane) {
@@ -279,14 +285,14 @@ __device__ __forceinline__ void copy_tile(uint8_t* stage, const uint8_t* src, ui
     const uint8_t* from = src + lane * 16;
     if (valid == kTile) {
 #pragma unroll
-      for (int j = 0; j < 3; ++j) {
+      for (int j = 0; j < kChunksOf<L>; ++j) {
         const int c = lane + 32 * j;
         if (c < total) cp_async16_full(dst + 512u * j + (c >= half ? pad : 0u), from + 512 * j);
       }
     } else {
       const int valid_bytes = valid * int(row_bytes);
 #pragma unroll
-      for (int j = 0; j < 3; ++j) {
+      for (int j = 0; j < kChunksOf<L>; ++j) {
         const int c = lane + 32 * j, off = c * 16;
         if (c < total) {
           const int n = min(max(valid_bytes - off, 0), 16);
@@ -300,20 +306,23 @@ __device__ __forceinline__ void copy_tile(uint8_t* stage, const uint8_t* src, ui
 // A whole tile of records, the common case, with this lane's chunk offsets
 // in the stage computed once (TileChunks): one add and one copy per chunk.
 constexpr uint32_t kNoChunk = 0xffffffffu;
+template <int N>
 struct TileChunks {
-  uint32_t dst[3];  // stage offsets of chunks lane, lane + 32, lane + 64 (pad applied), or kNoChunk
+  uint32_t dst[N];  // stage offsets of chunks lane, lane + 32, ... (pad applied), or kNoChunk
   __device__ __forceinline__ TileChunks(uint32_t row_bytes, uint32_t pad, int lane) {
 #pragma unroll
-    for (int j = 0; j < 3; ++j) {
+    for (int j = 0; j < N; ++j) {
       const uint32_t c = uint32_t(lane + 32 * j);
       dst[j] = c < row_bytes ? 16u * c + (c >= row_bytes / 2 ? pad : 0u) : kNoChunk;
     }
   }
 };
-__device__ __forceinline__ void copy_whole_tile(uint32_t stage, const uint8_t* src, const TileChunks& ch, int lane) {
+template <int N>
+__device__ __forceinline__ void copy_whole_tile(uint32_t stage, const uint8_t* src, const TileChunks<N>& ch,
+                                                int lane) {
   const uint8_t* from = src + lane * 16;
 #pragma unroll
-  for (int j = 0; j < 3; ++j) {
+  for (int j = 0; j < N; ++j) {
     if (ch.dst[j] != kNoChunk) cp_async16_full(stage + ch.dst[j], from + 512 * j);
   }
 }
@@ -567,8 +576,12 @@ template <class KL, class VL>
 constexpr bool kAnyFp16 = KL::kFp16 || VL::kFp16;
 template <class KL, class VL>
 constexpr int kStages = kAnyFp16<KL, VL> ? 2 : 3;
+// 8-bit records (turbo8) take 8 warps: 16 warps' rings of 130-byte
+// records would not fit beside the 64 KiB table.
 template <class KL, class VL>
-constexpr int kWarpsOf = kAnyFp16<KL, VL> ? 4 : 16;
+constexpr bool kAny8 = (!KL::kFp16 && KL::kBits == 8) || (!VL::kFp16 && VL::kBits == 8);
+template <class KL, class VL>
+constexpr int kWarpsOf = kAnyFp16<KL, VL> ? 4 : kAny8<KL, VL> ? 8 : 16;
 // Record kernels (one CTA of 16 warps per SM, one wave) can finish the
 // output themselves instead of a second launch (merge_kernel): on sm_90 the
 // n_split CTAs of each (sequence, kv head) run as one thread block cluster
@@ -679,7 +692,8 @@ __global__ void __launch_bounds__(32 * kWarpsOf<KL, VL>, kAnyFp16<KL, VL> ? 2 : 
   const uint8_t* vnext = vbase + size_t(first) * a.v_row;
   int next_t0 = first;
   const uint32_t k_step = uint32_t(kTile * kWarps) * a.k_row, v_step = uint32_t(kTile * kWarps) * a.v_row;
-  [[maybe_unused]] const TileChunks kchunks(a.k_row, a.k_pad, lane), vchunks(a.v_row, a.v_pad, lane);
+  [[maybe_unused]] const TileChunks<kChunksOf<KL>> kchunks(a.k_row, a.k_pad, lane);
+  [[maybe_unused]] const TileChunks<kChunksOf<VL>> vchunks(a.v_row, a.v_pad, lane);
   auto issue = [&](int stage) {
     uint8_t* st = my_ring + uint32_t(stage) * stage_bytes;
     const int valid = min(kTile, se - next_t0);
@@ -1009,18 +1023,32 @@ constexpr KernelFn kernel_for() {
 // (the turbo<B> schemes), other pairs scale the expanded keys.
 template <int HD, class KL>
 KernelFn pick_value(int vbits, bool v_one_scale) {
-  switch (vbits * 2 + (v_one_scale ? 1 : 0)) {
-    case 32: return kernel_for<KL, Fp16Rows, HD>();
-    case 4: return kernel_for<KL, Records<2, false>, HD>();
-    case 5: return kernel_for<KL, Records<2, true>, HD>();
-    case 6: return kernel_for<KL, Records<3, false>, HD>();
-    case 7: return kernel_for<KL, Records<3, true>, HD>();
-    case 8: return kernel_for<KL, Records<4, false>, HD>();
-    case 9: return kernel_for<KL, Records<4, true>, HD>();
-    case 10: return kernel_for<KL, Records<5, false>, HD>();
-    case 11: return kernel_for<KL, Records<5, true>, HD>();
+  // 8-bit records pair only with 8-bit records or fp16 rows (the
+  // constructor refuses the rest by name; no kernels for them).
+  if constexpr (!KL::kFp16 && KL::kBits == 8) {
+    switch (vbits * 2 + (v_one_scale ? 1 : 0)) {
+      case 32: return kernel_for<KL, Fp16Rows, HD>();
+      case 16: return kernel_for<KL, Records<8, false>, HD>();
+      case 17: return kernel_for<KL, Records<8, true>, HD>();
+    }
+    return nullptr;
+  } else {
+    switch (vbits * 2 + (v_one_scale ? 1 : 0)) {
+      case 32: return kernel_for<KL, Fp16Rows, HD>();
+      case 4: return kernel_for<KL, Records<2, false>, HD>();
+      case 5: return kernel_for<KL, Records<2, true>, HD>();
+      case 6: return kernel_for<KL, Records<3, false>, HD>();
+      case 7: return kernel_for<KL, Records<3, true>, HD>();
+      case 8: return kernel_for<KL, Records<4, false>, HD>();
+      case 9: return kernel_for<KL, Records<4, true>, HD>();
+      case 10: return kernel_for<KL, Records<5, false>, HD>();
+      case 11: return kernel_for<KL, Records<5, true>, HD>();
+    }
+    if constexpr (KL::kFp16) {
+      if (vbits == 8) return v_one_scale ? kernel_for<KL, Records<8, true>, HD>() : kernel_for<KL, Records<8, false>, HD>();
+    }
+    return nullptr;
   }
-  return nullptr;
 }
 template <int HD, int B>
 KernelFn pick_folded(bool v_one_scale) {
@@ -1035,6 +1063,7 @@ KernelFn pick(int kbits, bool k_one_scale, int vbits, bool v_one_scale) {
       case 3: return pick_folded<HD, 3>(v_one_scale);
       case 4: return pick_folded<HD, 4>(v_one_scale);
       case 5: return pick_folded<HD, 5>(v_one_scale);
+      case 8: return pick_folded<HD, 8>(v_one_scale);
     }
   }
   switch (kbits) {
@@ -1043,6 +1072,7 @@ KernelFn pick(int kbits, bool k_one_scale, int vbits, bool v_one_scale) {
     case 3: return pick_value<HD, Records<3, false>>(vbits, v_one_scale);
     case 4: return pick_value<HD, Records<4, false>>(vbits, v_one_scale);
     case 5: return pick_value<HD, Records<5, false>>(vbits, v_one_scale);
+    case 8: return pick_value<HD, Records<8, false>>(vbits, v_one_scale);
   }
   return nullptr;
 }
@@ -1160,26 +1190,31 @@ DecodeAttention::DecodeAttention(const StreamFormat& keys, const StreamFormat& v
     if (f.fp16) return 16;
     const codec::CodecSpec& s = f.spec;
     codec::validate_spec(s, head_dim);
-    if ((s.kind != codec::CodecKind::Mse && s.kind != codec::CodecKind::Group) || s.bits < 2 || s.bits > 5) {
+    if ((s.kind != codec::CodecKind::Mse && s.kind != codec::CodecKind::Group) || s.bits < 2 || (s.bits > 5 && s.bits != 8)) {
       throw Error(std::string("CUDA decode attention: ") + what + " codec " + codec::codec_name(s.kind) +
-                  std::to_string(s.bits) + " is not supported (mse or group at 2 to 5 bits, or fp16)");
+                  std::to_string(s.bits) + " is not supported (mse or group at 2 to 5 or 8 bits, or fp16)");
     }
     if (s.split != 0) {
       throw Error(std::string("CUDA decode attention: ") + what + ": split records (outlier channels) are not supported");
     }
     const codec::Codec c(s, head_dim);
     const auto cent = c.codebook()->centroids();
-    for (int i = 0; i < 32; ++i) table[i] = i < int(cent.size()) ? f32_to_fp16(cent[size_t(i)]) : fp16_t(0);
+    for (int i = 0; i < 256; ++i) table[i] = i < int(cent.size()) ? f32_to_fp16(cent[size_t(i)]) : fp16_t(0);
     index_offset = c.layout().index_offset;
     log2g = log2_exact(s.kind == codec::CodecKind::Mse ? head_dim : s.effective_group());
     return s.bits;
   };
   const int kb = setup(keys, "key", A.k_row, A.k_index_offset, A.k_log2_group, A.k_table);
   const int vb = setup(values, "value", A.v_row, A.v_index_offset, A.v_log2_group, A.v_table);
+  if ((kb == 8 && vb != 8 && vb != 16) || (vb == 8 && kb != 8 && kb != 16)) {
+    throw Error("CUDA decode attention: 8-bit records pair only with 8-bit records or fp16 rows (keys " +
+                std::to_string(kb) + " bits, values " + std::to_string(vb) + ")");
+  }
   k_row_ = A.k_row;
   v_row_ = A.v_row;
   // copy_tile moves a tile of records in at most 3 x 32 chunks of 16 bytes.
-  TKV_ASSERT((keys.fp16 || A.k_row <= 96) && (values.fp16 || A.v_row <= 96), "record larger than copy_tile handles");
+  TKV_ASSERT((keys.fp16 || A.k_row <= uint32_t(kb == 8 ? 160 : 96)) && (values.fp16 || A.v_row <= uint32_t(vb == 8 ? 160 : 96)),
+             "record larger than copy_tile handles");
   TKV_ASSERT((keys.fp16 || A.k_row % 2 == 0) && (values.fp16 || A.v_row % 2 == 0), "records of odd size");
   // Tile layout: the row order and pads with the fewest bank wavefronts
   // (natural order and no pads on ties; FP16 rows are read in natural order).
@@ -1218,7 +1253,7 @@ DecodeAttention::DecodeAttention(const StreamFormat& keys, const StreamFormat& v
   const size_t tables = pair_table_bytes(kb, vb);
   const bool any_fp16 = keys.fp16 || values.fp16;
   const int stages = any_fp16 ? 2 : 3;  // kStages
-  params_->threads = 32 * (any_fp16 ? 4 : 16);  // kWarpsOf
+  params_->threads = 32 * (any_fp16 ? 4 : kb == 8 || vb == 8 ? 8 : 16);  // kWarpsOf
   const size_t ring = size_t(params_->threads / 32) * stages * (A.k_stage + A.v_stage);
   const size_t merge = size_t(params_->threads / 32) * kMaxRows * (head_dim + 4) * sizeof(float);  // acc_o
   A.ring_bytes = uint32_t(std::max(ring, merge));

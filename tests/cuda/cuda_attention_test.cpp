@@ -2,7 +2,7 @@
 // reference (kv::detail::attend_chunk_reference), on odd sizes: one batch of
 // sequences of lengths 0, 1, 15, 17, 1023 and 4097, GQA 1, 2, 3, 4, 7 and 8,
 // head_dim 64 and 128, every supported key/value stream pair (the turbo
-// schemes' far tiers and near tiers, mse and group at 2 to 5 bits).
+// schemes' far tiers and near tiers, mse and group at 2 to 5 and 8 bits).
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -253,6 +253,8 @@ std::vector<PairCase> pairs(int hd) {
       {group(5, vg), group(3, vg)},               // turbo4v2's near tier
       {fp16(), group(5, 16)},                     // turbo0v4's near tier
       {mse(5), mse(5)},
+      {group(8, vg), group(8, vg)},               // turbo8 (8 bits: single-element lookups, 8 warps)
+      {mse(8), mse(8)}, {fp16(), group(8, 16)}, {group(8, 16), fp16()},
   };
   // 5-bit keys with 4-bit values: at head_dim 128 their tile ring and the
   // 64 KiB pair table exceed shared memory (refused, see below).
@@ -477,8 +479,11 @@ TEST(CudaAttentionShapes, UnsupportedShapesAreRejectedByName) {
   SKIP_WITHOUT_GPU();
   EXPECT_THROW(DecodeAttention(StreamFormat::rows_fp16(), StreamFormat::rows_fp16(), 96, 2, 4), Error);
   EXPECT_THROW(DecodeAttention(StreamFormat::rows_fp16(), StreamFormat::rows_fp16(), 128, 2, 9), Error);
+  // 8-bit records pair only with 8-bit records or fp16 rows.
   const codec::CodecSpec b8{codec::CodecKind::Group, 8, 64, codec::MseCodebook::Sphere};
-  EXPECT_THROW(DecodeAttention(StreamFormat::records(b8), StreamFormat::rows_fp16(), 128, 2, 4), Error);
+  const codec::CodecSpec b4{codec::CodecKind::Group, 4, 64, codec::MseCodebook::Sphere};
+  EXPECT_THROW(DecodeAttention(StreamFormat::records(b8), StreamFormat::records(b4), 128, 2, 4), Error);
+  EXPECT_THROW(DecodeAttention(StreamFormat::records(b4), StreamFormat::records(b8), 128, 2, 4), Error);
   const codec::CodecSpec b6{codec::CodecKind::Mse, 6, 0, codec::MseCodebook::Sphere};
   EXPECT_THROW(DecodeAttention(StreamFormat::rows_fp16(), StreamFormat::records(b6), 128, 2, 4), Error);
   // Records that leave no room for the tile ring beside the 4-bit pair table.
