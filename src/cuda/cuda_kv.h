@@ -247,6 +247,7 @@ class DecodeAttention {
   size_t k_row_, v_row_;
   int sm_count_ = 0;
   DeviceBuffer workspace_;  // partial states of the splits (for merge_kernel)
+  DeviceBuffer centroids_;  // fp16 codebooks of the key and value streams (256 entries each)
   struct Params;
   std::unique_ptr<Params> params_;
 };

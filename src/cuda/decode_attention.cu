@@ -62,7 +62,8 @@ struct KernelArgs {
   uint32_t k_stage, v_stage;         // shared bytes of one tile of each stream
   uint32_t k_pad, v_pad;             // shared bytes between a tile's positions 7 and 8 (records; see row_position)
   uint64_t rows;                     // position of each mma row of a tile, 4 bits a row (see row_position)
-  uint16_t k_table[256], v_table[256];  // fp16 centroids (2^B used)
+  const uint16_t* k_table;           // device (256) fp16 centroids, 2^B used (DecodeAttention::centroids_)
+  const uint16_t* v_table;
   const int* seq_len;
   int capacity, n_kv, group, split, n_split;
   const float* q;
@@ -602,14 +603,17 @@ static_assert(kMaxFusedSplits <= 8, "a cluster of more than 8 CTAs is not portab
 
 // Fills one codebook's columns (key: column 0, value: column 32 words) of
 // the pair table from 2^B fp16 centroids (cooperatively, whole CTA: warp w
-// writes entries w, w + W, ..., lane l their copy for bank l).
+// writes entries w, w + W, ..., lane l their copy for bank l). The
+// centroids sit in global memory (DecodeAttention::centroids_): two tables
+// of 256 in the kernel's arguments would make every launch copy 1 KiB more.
 template <int B, int kWarps>
 __device__ __forceinline__ void fill_pair_table(uint32_t* table, const uint16_t* centroids, int column, int warp,
                                                 int lane) {
   constexpr int kEntries = kSingle<B> ? 1 << B : 1 << (2 * B);
 #pragma unroll 4
   for (int e = warp; e < kEntries; e += kWarps) {
-    const uint32_t lo = centroids[kSingle<B> ? e : e & ((1 << B) - 1)], hi = kSingle<B> ? lo : centroids[e >> B];
+    const uint32_t lo = __ldg(&centroids[kSingle<B> ? e : e & ((1 << B) - 1)]);
+    const uint32_t hi = kSingle<B> ? lo : __ldg(&centroids[e >> B]);
     table[e * 64 + column + lane] = lo | (hi << 16);
   }
 }
@@ -1184,6 +1188,7 @@ DecodeAttention::DecodeAttention(const StreamFormat& keys, const StreamFormat& v
   }
   if (n_kv_head < 1) throw Error("CUDA decode attention: n_kv_head must be positive");
   KernelArgs& A = params_->base;
+  std::vector<uint16_t> codebooks(512, 0);  // key, then value centroids (fp16)
   auto setup = [&](const StreamFormat& f, const char* what, uint32_t& row, uint32_t& index_offset, int& log2g,
                    uint16_t* table) -> int {
     row = uint32_t(f.row_bytes(head_dim));
@@ -1204,8 +1209,11 @@ DecodeAttention::DecodeAttention(const StreamFormat& keys, const StreamFormat& v
     log2g = log2_exact(s.kind == codec::CodecKind::Mse ? head_dim : s.effective_group());
     return s.bits;
   };
-  const int kb = setup(keys, "key", A.k_row, A.k_index_offset, A.k_log2_group, A.k_table);
-  const int vb = setup(values, "value", A.v_row, A.v_index_offset, A.v_log2_group, A.v_table);
+  const int kb = setup(keys, "key", A.k_row, A.k_index_offset, A.k_log2_group, codebooks.data());
+  const int vb = setup(values, "value", A.v_row, A.v_index_offset, A.v_log2_group, codebooks.data() + 256);
+  centroids_ = upload_vector(codebooks);
+  A.k_table = centroids_.as<uint16_t>();
+  A.v_table = A.k_table + 256;
   if ((kb == 8 && vb != 8 && vb != 16) || (vb == 8 && kb != 8 && kb != 16)) {
     throw Error("CUDA decode attention: 8-bit records pair only with 8-bit records or fp16 rows (keys " +
                 std::to_string(kb) + " bits, values " + std::to_string(vb) + ")");
