@@ -22,8 +22,8 @@
 // bytes of its own fragment elements from the tile (funnel shifts over
 // aligned words) and looks pairs of centroids up in the pair table (see
 // kTableEntries): one byte permute, which builds the entry's shared address,
-// and one LDS per two elements at 4 bits (5-bit records: one LDS per
-// element, kSingle). A record's fp16 scale multiplies the expanded keys
+// and one LDS per two elements at 4 bits (5- and 8-bit records: one LDS
+// per element, kSingle). A record's fp16 scale multiplies the expanded keys
 // (HMUL2) or, with one scale per record, the scores (keys) or the softmax
 // weights (values).
 // Because a dot product does not care about element order, keys use the
@@ -239,9 +239,10 @@ struct Records {
 // medians in one run). Kernels with an FP16 stream (2 CTAs per SM) have no
 // room for the alignment gap and add the address (kAlignedTable).
 // 2^(2B) * 256 bytes: 64 KiB at 4 bits. Records of 5 bits (the near tier
-// of turbo4, turbo4v2 and turbo0v4) would need 256 KiB of pairs: their
-// table holds single elements, entry e = half2 {c[e], c[e]} (8 KiB), and
-// each element takes its own lookup (kSingle).
+// of turbo4, turbo4v2 and turbo0v4) would need 256 KiB of pairs, and 8-bit
+// ones (turbo8) 16 MiB: their table holds single elements, entry e =
+// half2 {c[e], c[e]} (8 KiB at 5 bits, 64 KiB at 8), and each element
+// takes its own lookup (kSingle).
 template <int B>
 constexpr bool kSingle = B > 4;
 template <class L>
