@@ -4,7 +4,7 @@
 //
 //   turbokv-cuda-bench [--quick] [--json FILE] [--reps N] [--peak-gbs X]
 //                      [--only BATCH,CTX,HEAD_DIM,GQA] [--schemes S1,S2,...]
-//                      [--split N] [--hold-us X] [--no-encode]
+//                      [--split N] [--hold-us X] [--no-encode] [--tiers]
 //
 // For every batch x context x head_dim x GQA shape (8 kv heads, every
 // sequence full) and scheme it prints the median GPU time of one decode
@@ -20,7 +20,10 @@
 // its clocks). Caches smaller than 3x the L2 are replicated and rotated so
 // that repeated calls do not read from L2. The peak is 2 x memory clock x bus width from the
 // driver's attributes unless --peak-gbs gives it. Then it times encoding a
-// 32K-token prefix (keys and values of 8 kv heads: one layer).
+// 32K-token prefix (keys and values of 8 kv heads: one layer). With
+// --tiers, each record scheme is also timed as its cache keeps a sequence:
+// three calls (far records, the near tier at one bit more, the raw window)
+// with partial states, merged by merge_partials.
 // Benchmarks never assert; tests live in tests/cuda.
 #include <algorithm>
 #include <chrono>
@@ -29,6 +32,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -53,6 +57,7 @@ namespace {
 
 constexpr int kKvHeads = 8;
 constexpr int kGraphCalls = 20;     // calls in one replayed graph (sustained_us)
+constexpr int kWindow = kv::kTurboWindow, kNear = kv::kTurboNear;  // --tiers: the turbo schemes' tiers
 constexpr uint64_t kSeed = 0x74757262'6f6b7631ull;
 
 struct Scheme {
@@ -140,7 +145,7 @@ double median(std::vector<double> v) {
 }  // namespace
 
 int main(int argc, char** argv) try {
-  bool quick = false, encode = true;
+  bool quick = false, encode = true, tiers = false;
   std::string json_path;
   std::vector<int> only;
   std::vector<std::string> schemes = {"fp16", "turbo4", "turbo3"};
@@ -171,6 +176,7 @@ int main(int argc, char** argv) try {
     else if (a == "--peak-gbs") peak_override = std::atof(value().c_str());
     else if (a == "--hold-us") hold_us = std::atof(value().c_str());
     else if (a == "--no-encode") encode = false;
+    else if (a == "--tiers") tiers = true;
     else if (a == "--split") forced_split = std::atoi(value().c_str());
     else if (a == "--schemes") schemes = split_list(value());
     else if (a == "--only") {
@@ -179,7 +185,7 @@ int main(int argc, char** argv) try {
     } else {
       throw Error("unknown flag " + a +
                   " (expected --quick, --json FILE, --reps N, --peak-gbs X, --only B,C,D,G, --schemes LIST, "
-                  "--split N, --hold-us X, --no-encode)");
+                  "--split N, --hold-us X, --no-encode, --tiers)");
     }
   }
   if (reps < 3) throw Error("--reps must be at least 3");
@@ -301,6 +307,59 @@ int main(int argc, char** argv) try {
                         r.sustained_us);
             std::fflush(stdout);
             rows.push_back(r);
+            if (tiers && !sc.k.fp16 && !sc.v.fp16 && sc.k.spec.bits < 8 && sc.v.spec.bits < 8 &&
+                ctx > kWindow + kNear) {
+              // The scheme as its cache keeps a sequence: the newest kWindow
+              // positions as fp16 rows, the kNear before them at one bit more,
+              // the rest at the scheme's bits; one call per tier with partial
+              // states, then merge_partials.
+              Scheme near = sc;
+              near.k.spec.bits += 1;
+              near.v.spec.bits += 1;
+              const Scheme window{"fp16", StreamFormat::rows_fp16(), StreamFormat::rows_fp16()};
+              const int n_far = ctx - kWindow - kNear;
+              const std::vector<std::pair<const Scheme*, int>> parts = {{&sc, n_far}, {&near, kNear}, {&window, kWindow}};
+              std::vector<std::unique_ptr<DecodeAttention>> attns;
+              std::vector<Caches> caches;
+              std::vector<DeviceBuffer> lens_d, states;
+              std::vector<PartialState> ps;
+              for (const auto& [tier, len] : parts) {
+                attns.push_back(std::make_unique<DecodeAttention>(tier->k, tier->v, hd, kKvHeads, gqa));
+                // (a tier's capacity: a multiple of 16 positions, the tail unread)
+                caches.push_back(build(*tier, batch, (len + 15) / 16 * 16, hd, tier == &sc ? copies : 1, rot));
+                lens_d.push_back(upload_vector(std::vector<int>(size_t(batch), len)));
+                states.emplace_back(size_t(batch) * n_head * sizeof(float));
+                states.emplace_back(size_t(batch) * n_head * sizeof(float));
+                states.emplace_back(size_t(batch) * n_head * hd * sizeof(float));
+              }
+              for (size_t t = 0; t < parts.size(); ++t) {
+                ps.push_back({states[3 * t].as<float>(), states[3 * t + 1].as<float>(), states[3 * t + 2].as<float>()});
+              }
+              auto run_tiers = [&](int i) {
+                for (size_t t = 0; t < parts.size(); ++t) {
+                  AttentionArgs b = a;
+                  b.seq_len = lens_d[t].as<int>();
+                  b.max_seq_len = parts[t].second;
+                  b.capacity = (parts[t].second + 15) / 16 * 16;
+                  b.keys = caches[t].k[size_t(i) % caches[t].k.size()].data();
+                  b.values = caches[t].v[size_t(i) % caches[t].v.size()].data();
+                  b.out = states[3 * t + 2].as<float>();
+                  b.out_m = states[3 * t].as<float>();
+                  b.out_d = states[3 * t + 1].as<float>();
+                  b.split = 0;
+                  attns[t]->run(b);
+                }
+                merge_partials(ps, size_t(batch) * n_head, hd, out.as<float>(), stream);
+              };
+              for (int i = 0; i < 5; ++i) run_tiers(i);
+              CHECK(cudaStreamSynchronize(stream));
+              const double tier_us = time_us(run_tiers, reps, true);
+              std::printf("%5d %7d %3d %3d  %-7s %10.1f  tiers: %d at %d bits + %d at %d bits + %d fp16 rows, "
+                          "merged: %.2fx the one-call time\n",
+                          batch, ctx, hd, gqa, (name + "+t").c_str(), tier_us, n_far, sc.k.spec.bits, kNear,
+                          near.k.spec.bits, kWindow, tier_us / r.us);
+              std::fflush(stdout);
+            }
           }
         }
       }
