@@ -243,12 +243,17 @@ struct Records {
 // ones (turbo8) 16 MiB: their table holds single elements, entry e =
 // half2 {c[e], c[e]} (8 KiB at 5 bits, 64 KiB at 8), and each element
 // takes its own lookup (kSingle).
+// The kernels' templates and the host's launch setup (DecodeAttention) both
+// derive their geometry from the streams' bit widths (16: fp16 rows)
+// through table_entries, chunks_per_lane, stages_of and warps_of.
 template <int B>
 constexpr bool kSingle = B > 4;
-template <class L>
-constexpr int kEntriesOf = L::kFp16 ? 0 : (kSingle<L::kBits> ? 1 << L::kBits : 1 << (2 * L::kBits));
+__host__ __device__ constexpr int table_entries(int bits) {
+  return bits == 16 ? 0 : bits > 4 ? 1 << bits : 1 << (2 * bits);
+}
 template <class KL, class VL>
-constexpr int kTableEntries = kEntriesOf<KL> > kEntriesOf<VL> ? kEntriesOf<KL> : kEntriesOf<VL>;
+constexpr int kTableEntries =
+    table_entries(KL::kBits) > table_entries(VL::kBits) ? table_entries(KL::kBits) : table_entries(VL::kBits);
 template <class KL, class VL>
 constexpr bool kAlignedTable = !KL::kFp16 && !VL::kFp16;
 
@@ -260,8 +265,9 @@ constexpr int kRowPitch = (HD + 8) * 2;
 // 16-byte chunks a lane copies per tile of a stream's records: a tile is
 // row_bytes chunks, at most 96 (3 a lane) below 8 bits, at most 160 (5 a
 // lane: group8 with groups of 16 at head_dim 128) at 8 bits.
+__host__ __device__ constexpr int chunks_per_lane(int bits) { return bits == 16 ? 1 : bits == 8 ? 5 : 3; }
 template <class L>
-constexpr int kChunksOf = L::kFp16 ? 1 : (L::kBits == 8 ? 5 : 3);
+constexpr int kChunksOf = chunks_per_lane(L::kBits);
 
 // Copies one tile (16 positions from `src`, `valid` of them real) into a
 // stage; positions past `valid` are zero (zero scales: finite, and masked).
@@ -576,14 +582,16 @@ template <int B, bool F, int HD> struct ValueReader<Records<B, F>, HD> { using t
 // 24 x 3 (80 registers, spills) 165.6 us).
 template <class KL, class VL>
 constexpr bool kAnyFp16 = KL::kFp16 || VL::kFp16;
-template <class KL, class VL>
-constexpr int kStages = kAnyFp16<KL, VL> ? 2 : 3;
+__host__ __device__ constexpr int stages_of(int kbits, int vbits) { return kbits == 16 || vbits == 16 ? 2 : 3; }
 // 8-bit records (turbo8) take 8 warps: 16 warps' rings of 130-byte
 // records would not fit beside the 64 KiB table.
+__host__ __device__ constexpr int warps_of(int kbits, int vbits) {
+  return kbits == 16 || vbits == 16 ? 4 : kbits == 8 || vbits == 8 ? 8 : 16;
+}
 template <class KL, class VL>
-constexpr bool kAny8 = (!KL::kFp16 && KL::kBits == 8) || (!VL::kFp16 && VL::kBits == 8);
+constexpr int kStages = stages_of(KL::kBits, VL::kBits);
 template <class KL, class VL>
-constexpr int kWarpsOf = kAnyFp16<KL, VL> ? 4 : kAny8<KL, VL> ? 8 : 16;
+constexpr int kWarpsOf = warps_of(KL::kBits, VL::kBits);
 // Record kernels (one CTA of 16 warps per SM, one wave) can finish the
 // output themselves instead of a second launch (merge_kernel): on sm_90 the
 // n_split CTAs of each (sequence, kv head) run as one thread block cluster
@@ -1084,8 +1092,7 @@ KernelFn pick(int kbits, bool k_one_scale, int vbits, bool v_one_scale) {
 
 // kTableEntries: the kernel's table size.
 size_t pair_table_bytes(int kbits, int vbits) {
-  auto entries = [](int b) { return b == 16 ? 0 : b > 4 ? 1 << b : 1 << (2 * b); };
-  return size_t(std::max(entries(kbits), entries(vbits))) * 256;
+  return size_t(std::max(table_entries(kbits), table_entries(vbits))) * 256;
 }
 
 int stage_bytes(const StreamFormat& f, int hd, size_t row, uint32_t pad) {
@@ -1221,8 +1228,9 @@ DecodeAttention::DecodeAttention(const StreamFormat& keys, const StreamFormat& v
   }
   k_row_ = A.k_row;
   v_row_ = A.v_row;
-  // copy_tile moves a tile of records in at most 3 x 32 chunks of 16 bytes.
-  TKV_ASSERT((keys.fp16 || A.k_row <= uint32_t(kb == 8 ? 160 : 96)) && (values.fp16 || A.v_row <= uint32_t(vb == 8 ? 160 : 96)),
+  // copy_tile moves a tile of records in at most chunks_per_lane x 32 chunks of 16 bytes.
+  TKV_ASSERT((keys.fp16 || A.k_row <= uint32_t(32 * chunks_per_lane(kb))) &&
+                 (values.fp16 || A.v_row <= uint32_t(32 * chunks_per_lane(vb))),
              "record larger than copy_tile handles");
   TKV_ASSERT((keys.fp16 || A.k_row % 2 == 0) && (values.fp16 || A.v_row % 2 == 0), "records of odd size");
   // Tile layout: the row order and pads with the fewest bank wavefronts
@@ -1261,19 +1269,20 @@ DecodeAttention::DecodeAttention(const StreamFormat& keys, const StreamFormat& v
   TKV_ASSERT(params_->kernel != nullptr, "no kernel instance for this stream pair");
   const size_t tables = pair_table_bytes(kb, vb);
   const bool any_fp16 = keys.fp16 || values.fp16;
-  const int stages = any_fp16 ? 2 : 3;  // kStages
-  params_->threads = 32 * (any_fp16 ? 4 : kb == 8 || vb == 8 ? 8 : 16);  // kWarpsOf
+  const int stages = stages_of(kb, vb);
+  params_->threads = 32 * warps_of(kb, vb);
   const size_t ring = size_t(params_->threads / 32) * stages * (A.k_stage + A.v_stage);
   const size_t merge = size_t(params_->threads / 32) * kMaxRows * (head_dim + 4) * sizeof(float);  // acc_o
   A.ring_bytes = uint32_t(std::max(ring, merge));
   params_->dynamic_smem = A.ring_bytes + tables;
+  cudaFuncAttributes attr{};
+  TKV_CUDA(cudaFuncGetAttributes(&attr, params_->kernel));
+  int device = 0;
+  TKV_CUDA(cudaGetDevice(&device));
   if (tables > 0 && !any_fp16) {  // kAlignedTable: the table at the first address past the ring aligned to its size
     // The dynamic shared memory starts after the kernel's static shared
     // memory, at most the reserved bytes (and an alignment) further.
-    cudaFuncAttributes attr{};
-    TKV_CUDA(cudaFuncGetAttributes(&attr, params_->kernel));
-    int device = 0, reserved = 0;
-    TKV_CUDA(cudaGetDevice(&device));
+    int reserved = 0;
     TKV_CUDA(cudaDeviceGetAttribute(&reserved, cudaDevAttrReservedSharedMemoryPerBlock, device));
     const size_t lowest = attr.sharedSizeBytes, highest = lowest + size_t(reserved) + 128;
     params_->dynamic_smem = (highest + A.ring_bytes + tables - 1) / tables * tables + tables - lowest;
@@ -1283,10 +1292,7 @@ DecodeAttention::DecodeAttention(const StreamFormat& keys, const StreamFormat& v
     // KiB table of 4-bit pairs beside records of over ~70 bytes at head_dim
     // 128, e.g. 5-bit keys with 4-bit values; no turbo scheme's tier) are
     // refused by name rather than by the launch.
-    cudaFuncAttributes attr{};
-    TKV_CUDA(cudaFuncGetAttributes(&attr, params_->kernel));
-    int device = 0, optin = 0;
-    TKV_CUDA(cudaGetDevice(&device));
+    int optin = 0;
     TKV_CUDA(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
     if (attr.sharedSizeBytes + params_->dynamic_smem > size_t(optin)) {
       throw Error("CUDA decode attention: keys of " + std::to_string(A.k_row) + " and values of " +
