@@ -22,7 +22,7 @@
 // driver's attributes unless --peak-gbs gives it. Then it times encoding a
 // 32K-token prefix (keys and values of 8 kv heads: one layer). With
 // --tiers, each record scheme is also timed as its cache keeps a sequence:
-// three calls (far records, the near tier at one bit more, the raw window)
+// one call per tier (far records, the near tier, the raw window; scheme.h)
 // with partial states, merged by merge_partials.
 // Benchmarks never assert; tests live in tests/cuda.
 #include <algorithm>
@@ -57,23 +57,25 @@ namespace {
 
 constexpr int kKvHeads = 8;
 constexpr int kGraphCalls = 20;     // calls in one replayed graph (sustained_us)
-constexpr int kWindow = kv::kTurboWindow, kNear = kv::kTurboNear;  // --tiers: the turbo schemes' tiers
 constexpr uint64_t kSeed = 0x74757262'6f6b7631ull;
+
+// A stream's device format at a head size.
+StreamFormat format_of(const kv::StreamSpec& st, int hd) {
+  return st.kind == kv::StreamKind::Codec ? StreamFormat::records(kv::SchemeSpec::resolve_codec(st, hd))
+                                          : StreamFormat::rows_fp16();
+}
 
 struct Scheme {
   std::string name;
-  StreamFormat k, v;
+  StreamFormat k, v;    // the far tier: every position older than the raw window and the near tier
+  kv::SchemeSpec spec;  // its raw window and near tier (--tiers)
 };
 
 // What the CPU cache stores for a scheme name at this head size.
 Scheme scheme(const std::string& name, int hd) {
-  if (name == "fp16") return {name, StreamFormat::rows_fp16(), StreamFormat::rows_fp16()};
+  if (name == "fp16") return {name, StreamFormat::rows_fp16(), StreamFormat::rows_fp16(), {}};
   const kv::SchemeSpec s = kv::parse_scheme(name);
-  auto fmt = [&](const kv::StreamSpec& st) {
-    return st.kind == kv::StreamKind::Codec ? StreamFormat::records(kv::SchemeSpec::resolve_codec(st, hd))
-                                            : StreamFormat::rows_fp16();
-  };
-  return {name, fmt(s.key), fmt(s.value)};
+  return {name, format_of(s.key, hd), format_of(s.value, hd), s};
 }
 
 std::string describe(const StreamFormat& f, int hd) {
@@ -307,18 +309,19 @@ int main(int argc, char** argv) try {
                         r.sustained_us);
             std::fflush(stdout);
             rows.push_back(r);
-            if (tiers && !sc.k.fp16 && !sc.v.fp16 && sc.k.spec.bits < 8 && sc.v.spec.bits < 8 &&
-                ctx > kWindow + kNear) {
-              // The scheme as its cache keeps a sequence: the newest kWindow
-              // positions as fp16 rows, the kNear before them at one bit more,
-              // the rest at the scheme's bits; one call per tier with partial
-              // states, then merge_partials.
-              Scheme near = sc;
-              near.k.spec.bits += 1;
-              near.v.spec.bits += 1;
-              const Scheme window{"fp16", StreamFormat::rows_fp16(), StreamFormat::rows_fp16()};
-              const int n_far = ctx - kWindow - kNear;
-              const std::vector<std::pair<const Scheme*, int>> parts = {{&sc, n_far}, {&near, kNear}, {&window, kWindow}};
+            const kv::SchemeSpec& spec = sc.spec;
+            if (tiers && spec.window + spec.near > 0 && ctx > spec.window + spec.near) {
+              // The scheme as its cache keeps a sequence (scheme.h): the
+              // newest `window` positions raw (fp16 rows), the `near` before
+              // them in the near tier's records, the rest in the scheme's;
+              // one call per tier with partial states, then merge_partials.
+              const Scheme near{"near", format_of(spec.near_stream(spec.key), hd),
+                                format_of(spec.near_stream(spec.value), hd), spec};
+              const Scheme window{"raw", StreamFormat::rows_fp16(), StreamFormat::rows_fp16(), spec};
+              const int n_far = ctx - spec.window - spec.near;
+              std::vector<std::pair<const Scheme*, int>> parts = {{&sc, n_far}};
+              if (spec.near > 0) parts.push_back({&near, spec.near});
+              parts.push_back({&window, spec.window});
               std::vector<std::unique_ptr<DecodeAttention>> attns;
               std::vector<Caches> caches;
               std::vector<DeviceBuffer> lens_d, states;
@@ -354,10 +357,10 @@ int main(int argc, char** argv) try {
               for (int i = 0; i < 5; ++i) run_tiers(i);
               CHECK(cudaStreamSynchronize(stream));
               const double tier_us = time_us(run_tiers, reps, true);
-              std::printf("%5d %7d %3d %3d  %-7s %10.1f  tiers: %d at %d bits + %d at %d bits + %d fp16 rows, "
+              std::printf("%5d %7d %3d %3d  %-7s %10.1f  tiers: %d far + %d near + %d raw positions, "
                           "merged: %.2fx the one-call time\n",
-                          batch, ctx, hd, gqa, (name + "+t").c_str(), tier_us, n_far, sc.k.spec.bits, kNear,
-                          near.k.spec.bits, kWindow, tier_us / r.us);
+                          batch, ctx, hd, gqa, (name + "+t").c_str(), tier_us, n_far, spec.near, spec.window,
+                          tier_us / r.us);
               std::fflush(stdout);
             }
           }
