@@ -31,8 +31,10 @@
 // at 8 bits (the far and near tiers of every turbo scheme; 8-bit records
 // pair only with 8-bit records or fp16 rows; any group size the codec
 // allows; not split records) and fp16 rows, head_dim 64 and 128, 1..8
-// query heads per kv head; encoding of mse and group records at 1 to 8
-// bits and fp16 rows.
+// query heads per kv head, with an optional tail of fp16 rows in the same
+// call (a cache's raw window and its expanded near tier); encoding of mse
+// and group records at 1 to 8 bits and fp16 rows, and their expansion into
+// fp16 rows.
 // An expanded key or value (fp16 scale times centroid) must fit in fp16.
 // Anything else throws turbokv::Error naming what is unsupported.
 #pragma once
@@ -189,6 +191,15 @@ class Encoder {
   std::unique_ptr<Params> params_;
 };
 
+// Writes n consecutive records of `format` (mse or group, 1 to 8 bits) as
+// n consecutive fp16 rows (head_dim each) of what they decode to: element i
+// is fp16(scale × centroid[index i]), the CPU codec's decode_rotated
+// rounded to nearest even, in the stream's (rotated) space. A cache's near
+// tier expanded so, beside its records, is part of decode attention's tail
+// (AttentionArgs::tail_keys). Asynchronous on `stream`.
+void expand_records(const StreamFormat& format, int head_dim, const void* records, size_t n, void* rows,
+                    void* stream = nullptr);
+
 // ---- decode attention --------------------------------------------------------------
 
 struct AttentionArgs {
@@ -211,6 +222,19 @@ struct AttentionArgs {
   float* out_d = nullptr;
   int split = 0;                 // positions per split (multiple of 64); 0 = planned
   void* stream = nullptr;        // cudaStream_t the kernels go to; null: the default stream
+  // Optional tail, attended in the same call: tail_len[s] more positions of
+  // sequence s held as fp16 rows in each stream's space (keys in the
+  // query's, values in the output's), device (n_seq, n_kv_head,
+  // tail_capacity, head_dim) each. A cache's raw window and near tier are
+  // its newest few dozen positions: kept as such rows (expand_records
+  // writes a record tier's), they cost one pass with the far records
+  // instead of a call each and a merge_partials. The CTA of each
+  // sequence's last split reads them once its warps are done with the
+  // records, in fp32 arithmetic, and folds them into its state.
+  const int* tail_len = nullptr;  // device (n_seq), each at most tail_capacity (longer: cut to it); null: no tail
+  const void* tail_keys = nullptr;    // 16-byte aligned (Error otherwise)
+  const void* tail_values = nullptr;  // 16-byte aligned
+  int tail_capacity = 0;              // positions per (sequence, kv head) in the tail buffers
 };
 
 // One call's partial states (AttentionArgs out, out_m, out_d).

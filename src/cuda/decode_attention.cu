@@ -76,6 +76,10 @@ struct KernelArgs {
   float* out_m;                      // (n_seq, n_head): partial states wanted (AttentionArgs::out_m), else null
   float* out_d;
   uint32_t ring_bytes;               // dynamic shared bytes before the pair table (ring, or the warps' merge)
+  const int* tail_len;               // (n_seq) positions after seq_len held as fp16 rows, or null (AttentionArgs)
+  const uint16_t* tail_keys;         // (n_seq, n_kv, tail_capacity, head_dim) fp16, the query's space
+  const uint16_t* tail_values;       // likewise, the output's space
+  int tail_capacity;
 };
 
 // Folds the partial states of one output element, split by split in order
@@ -445,14 +449,18 @@ struct KeyRecords {
   static __device__ __forceinline__ float4 query(const float* q, int c, int r) {
     return *reinterpret_cast<const float4*>(q + r * kElems + 4 * c);
   }
+  // First physical element of k pair 2r (j = 0) or 2r + 8 (j = 1) of k-step c.
+  static __device__ __forceinline__ int pair_element(int c, int r, int j) { return r * kElems + 4 * c + 2 * j; }
 };
 
 template <int HD>
 struct KeyRows {
+  // First physical element of k pair 2r (j = 0) or 2r + 8 (j = 1) of k-step c.
+  static __device__ __forceinline__ int pair_element(int c, int r, int j) { return 16 * c + 8 * j + 2 * r; }
   // The query's B-fragment k pairs 2r (x, y) and 2r + 8 (z, w) of k-step c.
   static __device__ __forceinline__ float4 query(const float* q, int c, int r) {
-    const float2 lo = *reinterpret_cast<const float2*>(q + 16 * c + 2 * r);
-    const float2 hi = *reinterpret_cast<const float2*>(q + 16 * c + 8 + 2 * r);
+    const float2 lo = *reinterpret_cast<const float2*>(q + pair_element(c, r, 0));
+    const float2 hi = *reinterpret_cast<const float2*>(q + pair_element(c, r, 1));
     return make_float4(lo.x, lo.y, hi.x, hi.y);
   }
 };
@@ -633,6 +641,111 @@ __device__ __forceinline__ uint32_t transpose8x8(uint32_t x) {
   return y;
 }
 
+// ---- the tail (AttentionArgs::tail_*) ----
+// A cache's raw window and near tier, as fp16 rows: a few dozen positions
+// after the records, read by the CTA of the sequence's last split once
+// every warp is done with the records, with plain float arithmetic (with
+// mma code here the kTail instance's record loop got the recomputations
+// described at attention_kernel; with this, its loop has 559 SASS
+// instructions against the plain one's 574). kTailChunk positions at a
+// time: their rows are copied into the
+// front of the ring (where the warps' o go afterwards: at least 4 warps x
+// kMaxRows x (HD + 4) floats, more than 2 x kTailChunk rows), then the
+// scores of (position, head) pairs, each head's maximum, denominator and
+// weights, and o. Writes the tail's state {m, d} and o (fragment order,
+// pitch `pitch`: the acc_o layout) against its own maximum, and returns
+// kMaxRows floats of scratch for the caller (the tail's weights in the
+// CTA's state). Scratch: o_slot + kMaxRows * pitch onwards
+// (tail_scratch_floats, reserved by DecodeAttention). Whole CTA; starts
+// and ends with a barrier.
+constexpr int kTailChunk = 32;  // a position a lane in the softmax step
+__host__ __device__ constexpr int tail_scratch_floats(int hd) { return kMaxRows * hd + kTailChunk * kMaxRows + kMaxRows; }
+template <class VR, int HD, int kThreads>
+__device__ __forceinline__ float* attend_tail(const KernelArgs& a, int n, int seq, int kv, uint8_t* rows, float* o_slot,
+                                              int pitch, float* m, float* d) {
+  const int tid = int(threadIdx.x), n_head = a.n_kv * a.group, head0 = kv * a.group;
+  float* qs = o_slot + kMaxRows * pitch;  // (group, HD) the query
+  float* w = qs + kMaxRows * HD;          // (kTailChunk, kMaxRows) scores, then weights
+  float* rescale = w + kTailChunk * kMaxRows;
+  const uint16_t* ks = reinterpret_cast<const uint16_t*>(rows);  // (kTailChunk, HD) staged keys
+  const uint16_t* vs = ks + kTailChunk * HD;                      // and values
+  for (int i = tid; i < a.group * HD; i += kThreads) o_slot[(i / HD) * pitch + i % HD] = 0.0f;
+  for (int c = tid; c < a.group * HD / 4; c += kThreads) {  // with the first rows' copies
+    cp_async16(qs + 4 * c, a.q + (size_t(seq) * n_head + head0) * HD + 4 * c, 16);
+  }
+  if (tid < kMaxRows) {
+    m[tid] = -INFINITY;
+    d[tid] = 0.0f;
+  }
+  const size_t row0 = (size_t(seq) * a.n_kv + kv) * size_t(a.tail_capacity) * HD;
+  for (int p0 = 0; p0 < n; p0 += kTailChunk) {
+    const int np = min(kTailChunk, n - p0);
+    __syncthreads();  // the previous chunk's rows are read
+    constexpr int kRowChunks = HD * 2 / 16;
+    for (int c = tid; c < 2 * np * kRowChunks; c += kThreads) {
+      const bool value = c >= np * kRowChunks;
+      const int cc = value ? c - np * kRowChunks : c;
+      const uint16_t* src = (value ? a.tail_values : a.tail_keys) + row0 + size_t(p0) * HD;
+      cp_async16(rows + (value ? kTailChunk * HD * 2 : 0) + 16 * cc, reinterpret_cast<const uint8_t*>(src) + 16 * cc,
+                 16);
+    }
+    cp_async_commit();
+    cp_async_wait<0>();
+    __syncthreads();
+    for (int pair = tid; pair < np * a.group; pair += kThreads) {
+      const int p = pair / a.group, h = pair % a.group;
+      const uint16_t* k = ks + p * HD;
+      const float* qh = qs + h * HD;
+      float dot = 0.0f;
+#pragma unroll 4
+      for (int e = 0; e < HD; e += 8) {
+        const uint4 kk = *reinterpret_cast<const uint4*>(k + e);
+        const float4 qa = *reinterpret_cast<const float4*>(qh + e), qb = *reinterpret_cast<const float4*>(qh + e + 4);
+        const float2 k0 = __half22float2(*reinterpret_cast<const __half2*>(&kk.x));
+        const float2 k1 = __half22float2(*reinterpret_cast<const __half2*>(&kk.y));
+        const float2 k2 = __half22float2(*reinterpret_cast<const __half2*>(&kk.z));
+        const float2 k3 = __half22float2(*reinterpret_cast<const __half2*>(&kk.w));
+        dot += qa.x * k0.x + qa.y * k0.y + qa.z * k1.x + qa.w * k1.y + qb.x * k2.x + qb.y * k2.y + qb.z * k3.x +
+               qb.w * k3.y;
+      }
+      const float shift = a.shift ? a.shift[size_t(seq) * n_head + head0 + h] : 0.0f;
+      w[p * kMaxRows + h] = (dot + shift) * a.scale_log2;
+    }
+    __syncthreads();
+    // Warp w, heads w, w + W, ...: the new maximum, the running state rescaled, the weights.
+    for (int h = tid / 32; h < a.group; h += kThreads / 32) {
+      const int p = tid % 32;  // a position a lane (kTailChunk = 32)
+      const float sc = p < np ? w[p * kMaxRows + h] : -INFINITY;
+      float mx = sc;
+#pragma unroll
+      for (int off = 16; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+      mx = fmaxf(mx, m[h]);  // finite: the chunk holds a position
+      const float e = p < np ? ex2(sc - mx) : 0.0f;
+      float sum = e;
+#pragma unroll
+      for (int off = 16; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+      if (p < np) w[p * kMaxRows + h] = e;
+      __syncwarp();
+      if (p == 0) {
+        const float c = m[h] == -INFINITY ? 0.0f : ex2(m[h] - mx);
+        d[h] = d[h] * c + sum;
+        m[h] = mx;
+        rescale[h] = c;
+      }
+    }
+    __syncthreads();
+    for (int i = tid; i < a.group * HD; i += kThreads) {
+      const int h = i / HD, f = i % HD;  // fragment index f: element VR::out_element
+      const int e = VR::out_element(f / 16, f % 16);
+      float acc = o_slot[h * pitch + f] * rescale[h];
+      for (int p = 0; p < np; ++p) acc += w[p * kMaxRows + h] * __half2float(__ushort_as_half(vs[p * HD + e]));
+      o_slot[h * pitch + f] = acc;
+    }
+  }
+  __syncthreads();
+  return rescale;
+}
+
 // ---- the split kernel -----------------------------------------------------------------------
 // Per 16-position tile and warp, with the GQA group's (<= 8) heads as the
 // mma's n dimension:
@@ -642,7 +755,14 @@ __device__ __forceinline__ uint32_t transpose8x8(uint32_t x) {
 //   P^T's fragments by movmatrix (an 8x8 transpose in registers)
 //   O^T (head_dim x 8 heads) += V^T P^T      A = values, B = P^T
 
-template <class KL, class VL, int HD>
+// kTail: the instance that reads a tail (AttentionArgs::tail_*). Calls
+// without one run the instance without its code, since code after the
+// record loop can change how the compiler keeps the loop's invariants:
+// with an mma pass over the tail there, NVVM recomputed tile offsets and
+// row positions in the loop (565 -> 707 PTX instructions, 574 -> 638
+// SASS; turbo4 at batch 8, 32K 89.7 -> 98.6 us on an H200, medians of 3
+// in one run).
+template <class KL, class VL, int HD, bool kTail>
 __global__ void __launch_bounds__(32 * kWarpsOf<KL, VL>, kAnyFp16<KL, VL> ? 2 : 1) attention_kernel(const KernelArgs a) {
   constexpr int S = kStages<KL, VL>;
   constexpr int kWarps = kWarpsOf<KL, VL>, kThreads = 32 * kWarps;
@@ -652,7 +772,9 @@ __global__ void __launch_bounds__(32 * kWarpsOf<KL, VL>, kAnyFp16<KL, VL> ? 2 : 
   // Dynamic shared memory: [ring][gap where kAlignedTable][pair table]
   // ring: (warp, stage) x (key tile, value tile); reused for the warps' merge.
   extern __shared__ __align__(16) uint8_t smem[];
-  __shared__ float warp_m[kWarps][kMaxRows], warp_d[kWarps][kMaxRows];
+  // The warps' states; kTail: the tail's after them.
+  __shared__ float warp_m[kWarps + kTail][kMaxRows], warp_d[kWarps + kTail][kMaxRows];
+  [[maybe_unused]] __shared__ int tail_len;  // kTail: tail positions this CTA reads (0: none)
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   // Where a cluster finishes the output (kFusedMerge), rank 0 receives the
   // states of the cluster's CTAs here: o in fragment order, m, d per head.
@@ -684,6 +806,8 @@ __global__ void __launch_bounds__(32 * kWarpsOf<KL, VL>, kAnyFp16<KL, VL> ? 2 : 
   // 32K, medians in one run: 98.8 -> 94.4 us against table, query, barrier,
   // tiles).
   const int len = a.seq_len[seq];
+  // kTail: the tail's length, loaded with the query (see attend_tail).
+  [[maybe_unused]] const int tail_n = kTail && tid == 0 ? a.tail_len[seq] : 0;
   const int sb = split * a.split, se = min(sb + a.split, len);
   const bool q_ok = g < a.group;  // column g = head g of the group, zero past it
   float4 q_raw[KSTEPS];
@@ -726,6 +850,14 @@ __global__ void __launch_bounds__(32 * kWarpsOf<KL, VL>, kAnyFp16<KL, VL> ? 2 : 
   for (int i = 0; i < S - 1; ++i) {
     if (i < n_tiles) issue(i);
     cp_async_commit();
+  }
+
+  // kTail: the tail (AttentionArgs::tail_*) is read by the CTA of the
+  // sequence's last split (split 0 without records), after the records
+  // (see attend_tail). Its length waits in shared memory: no register
+  // holds it through the record loop.
+  if constexpr (kTail) {
+    if (tid == 0) tail_len = split == (len > 0 ? (len - 1) / a.split : 0) ? min(tail_n, a.tail_capacity) : 0;
   }
 
   uint32_t* const table_words = reinterpret_cast<uint32_t*>(smem + (table - smem_base));
@@ -879,6 +1011,15 @@ __global__ void __launch_bounds__(32 * kWarpsOf<KL, VL>, kAnyFp16<KL, VL> ? 2 : 
     __syncwarp();
   }
   cp_async_wait<0>();
+  if constexpr (kTail) {  // each warp as it is done: the tail's lines into L2 (the stream evicted them)
+    const size_t row0 = (size_t(seq) * a.n_kv + kv) * size_t(a.tail_capacity) * HD;
+    const uint8_t* tk = reinterpret_cast<const uint8_t*>(a.tail_keys + row0);
+    const uint8_t* tv = reinterpret_cast<const uint8_t*>(a.tail_values + row0);
+    for (uint32_t off = uint32_t(tid) * 128u; off < uint32_t(tail_len) * HD * 2; off += uint32_t(kThreads) * 128u) {
+      asm volatile("prefetch.global.L2 [%0];" ::"l"(tk + off));
+      asm volatile("prefetch.global.L2 [%0];" ::"l"(tv + off));
+    }
+  }
 
   // ---- merge the warps' states, write this split's partial state ----
 #pragma unroll
@@ -898,16 +1039,34 @@ __global__ void __launch_bounds__(32 * kWarpsOf<KL, VL>, kAnyFp16<KL, VL> ? 2 : 
   // pitch keeps the fragment stores conflict-free.
   float* acc_o = reinterpret_cast<float*>(ring);
   constexpr int kAccPitch = HD + 4, kWarpAcc = kMaxRows * kAccPitch;
+  // kTail: the tail's state as one more warp's (o in slot kWarps of
+  // acc_o, against its own maximum until the weights below).
+  [[maybe_unused]] bool with_tail = false;
+  [[maybe_unused]] float* tail_f = nullptr;  // (kMaxRows) the tail's weight in the CTA's state
+  if constexpr (kTail) {
+    with_tail = tail_len > 0;  // the same in the whole CTA
+    if (with_tail) {
+      static_assert(kWarps * kWarpAcc * 4 >= 2 * kTailChunk * HD * 2, "tail rows do not fit in the warps' o");
+      tail_f = attend_tail<VR, HD, kThreads>(a, tail_len, seq, kv, ring, acc_o + kWarps * kWarpAcc, kAccPitch,
+                                             warp_m[kWarps], warp_d[kWarps]);
+    }
+  }
   float fA, fB;  // this warp's weight in the CTA's state, heads hA and hB
   {
     float MA = -INFINITY, MB = -INFINITY;
 #pragma unroll
-    for (int w = 0; w < kWarps; ++w) {
-      MA = fmaxf(MA, warp_m[w][hA]);
-      MB = fmaxf(MB, warp_m[w][hB]);
+    for (int w = 0; w < kWarps + kTail; ++w) {
+      if (w < kWarps || with_tail) {
+        MA = fmaxf(MA, warp_m[w][hA]);
+        MB = fmaxf(MB, warp_m[w][hB]);
+      }
     }
     fA = mA == -INFINITY ? 0.0f : exp2f(mA - MA);
     fB = mB == -INFINITY ? 0.0f : exp2f(mB - MB);
+    if (with_tail && warp == 0 && g == 0) {  // the tail's weights, heads hA and hB
+      tail_f[hA] = warp_m[kWarps][hA] == -INFINITY ? 0.0f : exp2f(warp_m[kWarps][hA] - MA);
+      tail_f[hB] = warp_m[kWarps][hB] == -INFINITY ? 0.0f : exp2f(warp_m[kWarps][hB] - MB);
+    }
   }
 #pragma unroll
   for (int t = 0; t < MT; ++t) {
@@ -921,11 +1080,12 @@ __global__ void __launch_bounds__(32 * kWarpsOf<KL, VL>, kAnyFp16<KL, VL> ? 2 : 
   __syncthreads();
   // The CTA's state: M, D of a head, and element i (fragment order) of the
   // warps' o summed in order.
+  const int n_states = kWarps + (with_tail ? 1 : 0);
   auto cta_state = [&](int head, float& M, float& D) {
     M = -INFINITY;
-    for (int w = 0; w < kWarps; ++w) M = fmaxf(M, warp_m[w][head]);
+    for (int w = 0; w < n_states; ++w) M = fmaxf(M, warp_m[w][head]);
     D = 0.0f;
-    for (int w = 0; w < kWarps; ++w) {
+    for (int w = 0; w < n_states; ++w) {
       if (warp_m[w][head] != -INFINITY) D += warp_d[w][head] * exp2f(warp_m[w][head] - M);
     }
   };
@@ -933,6 +1093,7 @@ __global__ void __launch_bounds__(32 * kWarpsOf<KL, VL>, kAnyFp16<KL, VL> ? 2 : 
     float sum = 0.0f;
 #pragma unroll
     for (int w = 0; w < kWarps; ++w) sum += acc_o[w * kWarpAcc + (i / HD) * kAccPitch + i % HD];
+    if (with_tail) sum += acc_o[kWarps * kWarpAcc + (i / HD) * kAccPitch + i % HD] * tail_f[i / HD];
     return sum;
   };
   if constexpr (kFusedMerge<KL, VL>) {
@@ -1024,10 +1185,13 @@ __global__ void merge_parts_kernel(const Parts p, int hd, float* __restrict__ ou
 }
 
 using KernelFn = void (*)(KernelArgs);
+struct Kernels {
+  KernelFn plain = nullptr, tail = nullptr;  // without and with a tail (kTail)
+};
 
 template <class KL, class VL, int HD>
-constexpr KernelFn kernel_for() {
-  return &attention_kernel<KL, VL, HD>;
+constexpr Kernels kernel_for() {
+  return {&attention_kernel<KL, VL, HD, false>, &attention_kernel<KL, VL, HD, true>};
 }
 
 // The one dispatch place: (key reader, value reader, head size) -> kernel.
@@ -1035,7 +1199,7 @@ constexpr KernelFn kernel_for() {
 // weights (values); folded keys are instantiated for equal bit widths only
 // (the turbo<B> schemes), other pairs scale the expanded keys.
 template <int HD, class KL>
-KernelFn pick_value(int vbits, bool v_one_scale) {
+Kernels pick_value(int vbits, bool v_one_scale) {
   // 8-bit records pair only with 8-bit records or fp16 rows (the
   // constructor refuses the rest by name; no kernels for them).
   if constexpr (!KL::kFp16 && KL::kBits == 8) {
@@ -1044,7 +1208,7 @@ KernelFn pick_value(int vbits, bool v_one_scale) {
       case 16: return kernel_for<KL, Records<8, false>, HD>();
       case 17: return kernel_for<KL, Records<8, true>, HD>();
     }
-    return nullptr;
+    return {};
   } else {
     switch (vbits * 2 + (v_one_scale ? 1 : 0)) {
       case 32: return kernel_for<KL, Fp16Rows, HD>();
@@ -1060,16 +1224,16 @@ KernelFn pick_value(int vbits, bool v_one_scale) {
     if constexpr (KL::kFp16) {
       if (vbits == 8) return v_one_scale ? kernel_for<KL, Records<8, true>, HD>() : kernel_for<KL, Records<8, false>, HD>();
     }
-    return nullptr;
+    return {};
   }
 }
 template <int HD, int B>
-KernelFn pick_folded(bool v_one_scale) {
+Kernels pick_folded(bool v_one_scale) {
   return v_one_scale ? kernel_for<Records<B, true>, Records<B, true>, HD>()
                      : kernel_for<Records<B, true>, Records<B, false>, HD>();
 }
 template <int HD>
-KernelFn pick(int kbits, bool k_one_scale, int vbits, bool v_one_scale) {
+Kernels pick(int kbits, bool k_one_scale, int vbits, bool v_one_scale) {
   if (k_one_scale && kbits == vbits) {
     switch (kbits) {
       case 2: return pick_folded<HD, 2>(v_one_scale);
@@ -1087,7 +1251,7 @@ KernelFn pick(int kbits, bool k_one_scale, int vbits, bool v_one_scale) {
     case 5: return pick_value<HD, Records<5, false>>(vbits, v_one_scale);
     case 8: return pick_value<HD, Records<8, false>>(vbits, v_one_scale);
   }
-  return nullptr;
+  return {};
 }
 
 // kTableEntries: the kernel's table size.
@@ -1174,13 +1338,19 @@ int log2_exact(int v) {
 
 }  // namespace
 
-struct DecodeAttention::Params {
-  KernelArgs base{};
-  KernelFn kernel = nullptr;
+// One kernel instance (Kernels::plain or ::tail) as the launches need it.
+struct Launchable {
+  KernelFn fn = nullptr;
+  uint32_t ring_bytes = 0;  // KernelArgs::ring_bytes
   size_t dynamic_smem = 0;
-  int threads = 128;
   int ctas_per_sm = 1;
   bool fused_merge = false;  // kFusedMerge, and clusters of kMaxFusedSplits CTAs fit on this GPU
+};
+
+struct DecodeAttention::Params {
+  KernelArgs base{};
+  Launchable plain, tail;
+  int threads = 128;
 };
 
 DecodeAttention::DecodeAttention(const StreamFormat& keys, const StreamFormat& values, int head_dim, int n_kv_head,
@@ -1264,57 +1434,63 @@ DecodeAttention::DecodeAttention(const StreamFormat& keys, const StreamFormat& v
   A.group = group;
   const bool k_one_scale = !keys.fp16 && (1 << A.k_log2_group) == head_dim;
   const bool v_one_scale = !values.fp16 && (1 << A.v_log2_group) == head_dim;
-  params_->kernel = head_dim == 64 ? pick<64>(kb, k_one_scale, vb, v_one_scale)
-                                   : pick<128>(kb, k_one_scale, vb, v_one_scale);
-  TKV_ASSERT(params_->kernel != nullptr, "no kernel instance for this stream pair");
+  const Kernels kernels = head_dim == 64 ? pick<64>(kb, k_one_scale, vb, v_one_scale)
+                                        : pick<128>(kb, k_one_scale, vb, v_one_scale);
+  TKV_ASSERT(kernels.plain != nullptr && kernels.tail != nullptr, "no kernel instance for this stream pair");
   const size_t tables = pair_table_bytes(kb, vb);
   const bool any_fp16 = keys.fp16 || values.fp16;
   const int stages = stages_of(kb, vb);
   params_->threads = 32 * warps_of(kb, vb);
   const size_t ring = size_t(params_->threads / 32) * stages * (A.k_stage + A.v_stage);
-  const size_t merge = size_t(params_->threads / 32) * kMaxRows * (head_dim + 4) * sizeof(float);  // acc_o
-  A.ring_bytes = uint32_t(std::max(ring, merge));
-  params_->dynamic_smem = A.ring_bytes + tables;
-  cudaFuncAttributes attr{};
-  TKV_CUDA(cudaFuncGetAttributes(&attr, params_->kernel));
+  const size_t slot = size_t(kMaxRows) * (head_dim + 4) * sizeof(float);  // a warp's o in acc_o
+  const size_t merge = size_t(params_->threads / 32) * slot;
+  // With a tail: its o after the warps', and attend_tail's scratch.
+  const size_t merge_tail = merge + slot + size_t(tail_scratch_floats(head_dim)) * sizeof(float);
   int device = 0;
   TKV_CUDA(cudaGetDevice(&device));
-  if (tables > 0 && !any_fp16) {  // kAlignedTable: the table at the first address past the ring aligned to its size
-    // The dynamic shared memory starts after the kernel's static shared
-    // memory, at most the reserved bytes (and an alignment) further.
-    int reserved = 0;
-    TKV_CUDA(cudaDeviceGetAttribute(&reserved, cudaDevAttrReservedSharedMemoryPerBlock, device));
-    const size_t lowest = attr.sharedSizeBytes, highest = lowest + size_t(reserved) + 128;
-    params_->dynamic_smem = (highest + A.ring_bytes + tables - 1) / tables * tables + tables - lowest;
-  }
-  {
+  const DeviceInfo dev = device_info();
+  sm_count_ = dev.sm_count;
+  auto configure = [&](KernelFn fn, size_t merge_bytes) {
+    Launchable k;
+    k.fn = fn;
+    k.ring_bytes = uint32_t(std::max(ring, merge_bytes));
+    k.dynamic_smem = k.ring_bytes + tables;
+    cudaFuncAttributes attr{};
+    TKV_CUDA(cudaFuncGetAttributes(&attr, fn));
+    if (tables > 0 && !any_fp16) {  // kAlignedTable: the table at the first address past the ring aligned to its size
+      // The dynamic shared memory starts after the kernel's static shared
+      // memory, at most the reserved bytes (and an alignment) further.
+      int reserved = 0;
+      TKV_CUDA(cudaDeviceGetAttribute(&reserved, cudaDevAttrReservedSharedMemoryPerBlock, device));
+      const size_t lowest = attr.sharedSizeBytes, highest = lowest + size_t(reserved) + 128;
+      k.dynamic_smem = (highest + k.ring_bytes + tables - 1) / tables * tables + tables - lowest;
+    }
     // Records too large for the ring and the aligned table together (a 64
     // KiB table of 4-bit pairs beside records of over ~70 bytes at head_dim
     // 128, e.g. 5-bit keys with 4-bit values; no turbo scheme's tier) are
     // refused by name rather than by the launch.
     int optin = 0;
     TKV_CUDA(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-    if (attr.sharedSizeBytes + params_->dynamic_smem > size_t(optin)) {
+    if (attr.sharedSizeBytes + k.dynamic_smem > size_t(optin)) {
       throw Error("CUDA decode attention: keys of " + std::to_string(A.k_row) + " and values of " +
                   std::to_string(A.v_row) + " bytes a position at head_dim " + std::to_string(head_dim) + " need " +
-                  std::to_string(attr.sharedSizeBytes + params_->dynamic_smem) +
+                  std::to_string(attr.sharedSizeBytes + k.dynamic_smem) +
                   " bytes of shared memory per block (tile ring and lookup table), more than this GPU's " +
                   std::to_string(optin));
     }
-  }
-  TKV_CUDA(cudaFuncSetAttribute(params_->kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                int(params_->dynamic_smem)));
-  TKV_CUDA(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&params_->ctas_per_sm, params_->kernel, params_->threads,
-                                                         params_->dynamic_smem));
-  if (params_->ctas_per_sm < 1) throw Error("CUDA decode attention: kernel does not fit on this GPU");
-  const DeviceInfo dev = device_info();
-  sm_count_ = dev.sm_count;
-  if (!any_fp16 && dev.major >= 9) {  // kFusedMerge: thread block clusters (sm_90)
-    int clusters = 0;
-    const ClusterLaunch largest(dim3(kMaxFusedSplits), params_->threads, params_->dynamic_smem, kMaxFusedSplits);
-    TKV_CUDA(cudaOccupancyMaxActiveClusters(&clusters, params_->kernel, &largest.config));
-    params_->fused_merge = clusters > 0;
-  }
+    TKV_CUDA(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, int(k.dynamic_smem)));
+    TKV_CUDA(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&k.ctas_per_sm, fn, params_->threads, k.dynamic_smem));
+    if (k.ctas_per_sm < 1) throw Error("CUDA decode attention: kernel does not fit on this GPU");
+    if (!any_fp16 && dev.major >= 9) {  // kFusedMerge: thread block clusters (sm_90)
+      int clusters = 0;
+      const ClusterLaunch largest(dim3(kMaxFusedSplits), params_->threads, k.dynamic_smem, kMaxFusedSplits);
+      TKV_CUDA(cudaOccupancyMaxActiveClusters(&clusters, fn, &largest.config));
+      k.fused_merge = clusters > 0;
+    }
+    return k;
+  };
+  params_->plain = configure(kernels.plain, merge);
+  params_->tail = configure(kernels.tail, merge_tail);
 }
 
 DecodeAttention::~DecodeAttention() = default;
@@ -1322,7 +1498,7 @@ DecodeAttention::~DecodeAttention() = default;
 int DecodeAttention::planned_split(int n_seq, int max_seq_len) const {
   // One full wave of CTAs where the batch allows it: split the sequence so
   // that n_seq * n_kv_head * n_split fills the resident CTA slots.
-  const long slots = long(params_->ctas_per_sm) * sm_count_;
+  const long slots = long(params_->plain.ctas_per_sm) * sm_count_;
   const long base = long(n_seq) * n_kv_head_;
   const int max_split = std::max(1, (max_seq_len + 63) / 64);
   const int n_split = int(std::clamp<long>(slots / std::max(1L, base), 1, max_split));
@@ -1348,11 +1524,20 @@ void DecodeAttention::run(const AttentionArgs& args) {
   if (reinterpret_cast<uintptr_t>(args.q) % 16 != 0) {  // the kernel loads the query 16 bytes at a time
     throw Error("CUDA decode attention: the query must be 16-byte aligned");
   }
+  if (args.tail_len != nullptr) {
+    if (args.tail_keys == nullptr || args.tail_values == nullptr || args.tail_capacity <= 0) {
+      throw Error("CUDA decode attention: a tail (tail_len) needs tail_keys, tail_values and a positive tail_capacity");
+    }
+    if (reinterpret_cast<uintptr_t>(args.tail_keys) % 16 != 0 || reinterpret_cast<uintptr_t>(args.tail_values) % 16 != 0) {
+      throw Error("CUDA decode attention: the tail's rows must be 16-byte aligned");
+    }
+  }
   const int split = args.split > 0 ? args.split : planned_split(args.n_seq, std::max(1, args.max_seq_len));
   if (split % 64 != 0) throw Error("CUDA decode attention: split must be a multiple of 64, got " + std::to_string(split));
   const int n_split = std::max(1, (args.max_seq_len + split - 1) / split);
   const int n_head = n_kv_head_ * group_;
-  const bool fused = params_->fused_merge && n_split <= kMaxFusedSplits;
+  const Launchable& k = args.tail_len != nullptr ? params_->tail : params_->plain;
+  const bool fused = k.fused_merge && n_split <= kMaxFusedSplits;
   const size_t states = size_t(args.n_seq) * n_head * n_split;
   const size_t need = fused ? 0 : states * (2 + size_t(head_dim_)) * sizeof(float);
   if (workspace_.bytes() < need) workspace_ = DeviceBuffer(need);
@@ -1368,18 +1553,23 @@ void DecodeAttention::run(const AttentionArgs& args) {
   A.scale_log2 = args.scale * kLog2e;
   A.out_m = args.out_m;
   A.out_d = args.out_d;
+  A.tail_len = args.tail_len;
+  A.tail_keys = static_cast<const uint16_t*>(args.tail_keys);
+  A.tail_values = static_cast<const uint16_t*>(args.tail_values);
+  A.tail_capacity = args.tail_capacity;
+  A.ring_bytes = k.ring_bytes;
   const dim3 grid(unsigned(n_split), unsigned(n_kv_head_), unsigned(args.n_seq));
   const cudaStream_t stream = static_cast<cudaStream_t>(args.stream);
   if (fused) {  // one cluster per (sequence, kv head): its n_split CTAs
     A.out = args.out;
-    const ClusterLaunch launch(grid, params_->threads, params_->dynamic_smem, n_split, stream);
-    TKV_CUDA(cudaLaunchKernelEx(&launch.config, params_->kernel, A));
+    const ClusterLaunch launch(grid, params_->threads, k.dynamic_smem, n_split, stream);
+    TKV_CUDA(cudaLaunchKernelEx(&launch.config, k.fn, A));
   } else {
     A.ws_m = workspace_.as<float>();
     A.ws_d = A.ws_m + states;
     A.ws_o = A.ws_d + states;
     A.out = nullptr;
-    params_->kernel<<<grid, unsigned(params_->threads), params_->dynamic_smem, stream>>>(A);
+    k.fn<<<grid, unsigned(params_->threads), k.dynamic_smem, stream>>>(A);
     TKV_CUDA_LAUNCH("attention_kernel");
     merge_kernel<<<unsigned(args.n_seq * n_head), 128, 0, stream>>>(A.ws_m, A.ws_d, A.ws_o, n_split, head_dim_, args.out,
                                                                     args.out_m, args.out_d);

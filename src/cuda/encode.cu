@@ -290,9 +290,85 @@ __global__ void store_fp16_kernel(const float* __restrict__ x, size_t n_vec, int
   }
 }
 
+// Records -> fp16 rows (expand_records): one thread per element, the CPU's
+// decode_rotated (scale times centroid in fp32), rounded to nearest even.
+template <int B>
+__global__ void expand_kernel(const uint8_t* __restrict__ records, size_t n, int hd, QuantParams P,
+                              __half* __restrict__ rows) {
+  const size_t total = n * size_t(hd);
+  for (size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += size_t(gridDim.x) * blockDim.x) {
+    const int e = int(i % size_t(hd));
+    const uint8_t* rec = records + (i / size_t(hd)) * P.record_bytes;
+    const uint32_t bit = uint32_t(e) * B, byte = P.index_offset + bit / 8;
+    uint32_t bits = rec[byte];
+    if ((bit % 8) + B > 8) bits |= uint32_t(rec[byte + 1]) << 8;  // the index spans two bytes
+    const uint32_t idx = (bits >> (bit % 8)) & ((1u << B) - 1u);
+    const int gi = e / P.group;
+    const float scale = __half2float(__ushort_as_half(uint16_t(rec[2 * gi] | (rec[2 * gi + 1] << 8))));
+    rows[i] = __float2half_rn(scale * P.centroids[idx]);
+  }
+}
+
 bool is_pow2(int n) { return n > 0 && (n & (n - 1)) == 0; }
 
+// The quantizer's parameters of a record format (the encoder's and
+// expand_records' checks: mse or group at 1..kMaxBits bits, not split).
+QuantParams quant_params(const StreamFormat& format, int head_dim, const char* who) {
+  const codec::CodecSpec& s = format.spec;
+  codec::validate_spec(s, head_dim);
+  if (s.kind != codec::CodecKind::Mse && s.kind != codec::CodecKind::Group) {
+    throw Error(std::string(who) + ": codec '" + codec::codec_name(s.kind) + "' is not supported (mse, group)");
+  }
+  if (s.bits < 1 || s.bits > kMaxBits) {
+    throw Error(std::string(who) + ": " + std::to_string(s.bits) + "-bit records are not supported (1.." +
+                std::to_string(kMaxBits) + " bits)");
+  }
+  if (s.split != 0) throw Error(std::string(who) + ": split records (outlier channels) are not supported");
+  const codec::Codec c(s, head_dim);  // the CPU's codebook, built once
+  const auto cent = c.codebook()->centroids();
+  const auto bnd = c.codebook()->boundaries();
+  QuantParams P;
+  for (int i = 0; i < (1 << kMaxBits); ++i) {
+    P.boundaries[i] = i < int(bnd.size()) ? bnd[size_t(i)] : INFINITY;
+    P.centroids[i] = i < int(cent.size()) ? cent[size_t(i)] : 0.0f;
+  }
+  const codec::RecordLayout L = c.layout();
+  P.is_mse = s.kind == codec::CodecKind::Mse;
+  P.group = P.is_mse ? head_dim : s.effective_group();
+  P.n_groups = head_dim / P.group;
+  P.rule = int(s.scale_rule);
+  P.search = s.scale_search ? 1 : 0;
+  P.outer = cent.back();
+  P.index_offset = L.index_offset;
+  P.record_bytes = L.record_bytes;
+  return P;
+}
+
 }  // namespace
+
+void expand_records(const StreamFormat& format, int head_dim, const void* records, size_t n, void* rows,
+                    void* stream) {
+  if (format.fp16) throw Error("CUDA expand_records: the stream holds fp16 rows already, not records");
+  const QuantParams P = quant_params(format, head_dim, "CUDA expand_records");
+  if (n == 0) return;
+  const size_t total = n * size_t(head_dim);
+  const unsigned blocks = unsigned(std::min<size_t>((total + 255) / 256, 65536));
+  const auto* in = static_cast<const uint8_t*>(records);
+  auto* out = static_cast<__half*>(rows);
+  const cudaStream_t st = static_cast<cudaStream_t>(stream);
+  switch (format.spec.bits) {
+    case 1: expand_kernel<1><<<blocks, 256, 0, st>>>(in, n, head_dim, P, out); break;
+    case 2: expand_kernel<2><<<blocks, 256, 0, st>>>(in, n, head_dim, P, out); break;
+    case 3: expand_kernel<3><<<blocks, 256, 0, st>>>(in, n, head_dim, P, out); break;
+    case 4: expand_kernel<4><<<blocks, 256, 0, st>>>(in, n, head_dim, P, out); break;
+    case 5: expand_kernel<5><<<blocks, 256, 0, st>>>(in, n, head_dim, P, out); break;
+    case 6: expand_kernel<6><<<blocks, 256, 0, st>>>(in, n, head_dim, P, out); break;
+    case 7: expand_kernel<7><<<blocks, 256, 0, st>>>(in, n, head_dim, P, out); break;
+    case 8: expand_kernel<8><<<blocks, 256, 0, st>>>(in, n, head_dim, P, out); break;
+    default: TKV_ASSERT(false, "bits checked by quant_params");
+  }
+  TKV_CUDA_LAUNCH("expand_kernel");
+}
 
 DeviceRotations::DeviceRotations(const std::vector<float>& signs, int n_kv_head, int head_dim)
     : n_kv_head_(n_kv_head), head_dim_(head_dim) {
@@ -325,36 +401,10 @@ Encoder::Encoder(const StreamFormat& format, int head_dim, int n_kv_head, const 
   row_bytes_ = format.row_bytes(head_dim);
   error_flag_ = DeviceBuffer(sizeof(int));
   if (format.fp16) return;
-  const codec::CodecSpec& s = format.spec;
-  codec::validate_spec(s, head_dim);
-  if (s.kind != codec::CodecKind::Mse && s.kind != codec::CodecKind::Group) {
-    throw Error(std::string("CUDA encoder: codec '") + codec::codec_name(s.kind) + "' is not supported (mse, group)");
-  }
-  if (s.bits < 1 || s.bits > kMaxBits) {
-    throw Error("CUDA encoder: " + std::to_string(s.bits) + "-bit records are not supported (1.." +
-                std::to_string(kMaxBits) + " bits)");
-  }
-  if (s.split != 0) throw Error("CUDA encoder: split records (outlier channels) are not supported");
+  params_->q = quant_params(format, head_dim, "CUDA encoder");
   if (!rotations || rotations->head_dim() != head_dim || rotations->n_kv_head() != n_kv_head) {
     throw Error("CUDA encoder: records need the rotations of every kv head at head size " + std::to_string(head_dim));
   }
-  const codec::Codec c(s, head_dim);  // the CPU's codebook, built once
-  const auto cent = c.codebook()->centroids();
-  const auto bnd = c.codebook()->boundaries();
-  QuantParams& P = params_->q;
-  for (int i = 0; i < (1 << kMaxBits); ++i) {
-    P.boundaries[i] = i < int(bnd.size()) ? bnd[size_t(i)] : INFINITY;
-    P.centroids[i] = i < int(cent.size()) ? cent[size_t(i)] : 0.0f;
-  }
-  const codec::RecordLayout L = c.layout();
-  P.is_mse = s.kind == codec::CodecKind::Mse;
-  P.group = P.is_mse ? head_dim : s.effective_group();
-  P.n_groups = head_dim / P.group;
-  P.rule = int(s.scale_rule);
-  P.search = s.scale_search ? 1 : 0;
-  P.outer = cent.back();
-  P.index_offset = L.index_offset;
-  P.record_bytes = L.record_bytes;
 }
 
 Encoder::~Encoder() = default;

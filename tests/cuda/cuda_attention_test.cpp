@@ -379,6 +379,171 @@ TEST(CudaAttentionTiers, WindowNearAndFarMergeExactly) {
   EXPECT_THROW(merge_partials({}, rows, hd, dout.as<float>()), Error);
 }
 
+// A cache's tiers in one call: the far records as the call's stream, the
+// near tier (its records decoded to fp16, what expand_records writes; that
+// test is in cuda_encode_test) and the raw window as its tail; against the
+// CPU reference's per-tier states merged on the host. Sequences of every
+// kLengths total, so some are tail only (no far records) and some hold
+// less than one tile; near = 300 makes tails of 10 chunks (attend_tail
+// reads 32 positions at a time). Several splits move the tail to other
+// CTAs and through the cluster merge and merge_kernel; each run again
+// gives the same bits.
+void check_tail(const PairCase& far, const PairCase& near, int hd, int window, int near_len, int n_group = 4) {
+  const int n_kv = 2, n_seq = int(kLengths.size()), n_head = n_kv * n_group;
+  const size_t rows = size_t(n_seq) * n_head;
+  SCOPED_TRACE(far.k.name + "/" + far.v.name + " + near " + near.k.name + "/" + near.v.name + " hd " +
+               std::to_string(hd) + " near " + std::to_string(near_len) + " group " + std::to_string(n_group));
+  const PairCase raw{fp16(), fp16()};
+  const std::vector<const PairCase*> tiers = {&far, &near, &raw};
+  std::vector<std::vector<int>> len(3);
+  for (int s = 0; s < n_seq; ++s) {
+    const int total = kLengths[size_t(s)], w = std::min(window, total), nr = std::min(near_len, total - w);
+    len[0].push_back(total - w - nr);
+    len[1].push_back(nr);
+    len[2].push_back(w);
+  }
+  std::vector<int> tail_len(static_cast<size_t>(n_seq));
+  for (int s = 0; s < n_seq; ++s) tail_len[size_t(s)] = len[1][size_t(s)] + len[2][size_t(s)];
+  const int tail_capacity = *std::max_element(tail_len.begin(), tail_len.end()) + 3;  // any size, not tiles
+  Rng rng(505 + uint64_t(hd));
+  std::vector<float> q(rows * hd), shift(rows);
+  for (auto& v : q) v = float(rng.normal());
+  for (auto& v : shift) v = float(rng.normal());
+  const float scale = 1.0f / std::sqrt(float(hd));
+  // The tail rows (keys, values): near positions first, then the window.
+  std::vector<fp16_t> tk(size_t(n_seq) * n_kv * tail_capacity * hd, f32_to_fp16(NAN)),
+      tv(tk.size(), f32_to_fp16(NAN));  // NaN past each tail: it must not be read
+  std::vector<double> M(rows, -INFINITY), D(rows, 0.0), O(rows * hd, 0.0);
+  std::vector<HostStream> far_streams;
+  std::vector<float> work(kv::detail::chunk_work_floats(hd)), dec(static_cast<size_t>(hd));
+  for (size_t t = 0; t < tiers.size(); ++t) {
+    const PairCase& pc = *tiers[t];
+    const HostStream hk = fill(pc.k, hd, n_seq, n_kv, true, 31 + t), hv = fill(pc.v, hd, n_seq, n_kv, false, 41 + t);
+    std::optional<codec::Codec> kc, vc;
+    if (!pc.k.fmt.fp16) kc.emplace(pc.k.fmt.spec, hd);
+    if (!pc.v.fmt.fp16) vc.emplace(pc.v.fmt.spec, hd);
+    for (int s = 0; s < n_seq; ++s) {
+      const int n = len[t][size_t(s)];
+      for (int g = 0; g < n_kv; ++g) {
+        const size_t slot = size_t(s) * n_kv + g;
+        if (t > 0) {  // into the tail
+          const int at = t == 1 ? 0 : len[1][size_t(s)];
+          for (int p = 0; p < n; ++p) {
+            for (int which = 0; which < 2; ++which) {
+              const HostStream& h = which ? hv : hk;
+              const std::optional<codec::Codec>& c = which ? vc : kc;
+              const uint8_t* row = &h.bytes[(slot * kCapacity + p) * h.row];
+              fp16_t* dst = &(which ? tv : tk)[(slot * tail_capacity + at + p) * hd];
+              if (c) {
+                c->decode_rotated(row, dec.data());
+                for (int i = 0; i < hd; ++i) dst[i] = f32_to_fp16(dec[size_t(i)]);
+              } else {
+                std::memcpy(dst, row, size_t(hd) * 2);
+              }
+            }
+          }
+        }
+        if (n == 0) continue;
+        const size_t head = size_t(s) * n_head + size_t(g) * n_group;
+        std::vector<float> m(static_cast<size_t>(n_group)), d(static_cast<size_t>(n_group)), o(size_t(n_group) * hd);
+        reference_state(pc, kc, vc, hk, hv, slot, hd, n_group, n, &q[head * hd], &shift[head], scale, m.data(),
+                        d.data(), o.data(), work);
+        for (int j = 0; j < n_group; ++j) {
+          const size_t r = head + size_t(j);
+          const double mn = std::max(M[r], double(m[size_t(j)]));
+          const double a_old = std::exp(M[r] - mn), a_new = std::exp(double(m[size_t(j)]) - mn);
+          D[r] = D[r] * a_old + double(d[size_t(j)]) * a_new;
+          for (int i = 0; i < hd; ++i) O[r * hd + i] = O[r * hd + i] * a_old + double(o[size_t(j) * hd + i]) * a_new;
+          M[r] = mn;
+        }
+      }
+    }
+    if (t == 0) {
+      far_streams.push_back(hk);
+      far_streams.push_back(hv);
+    }
+  }
+  DeviceBuffer dk = upload_vector(far_streams[0].bytes), dv = upload_vector(far_streams[1].bytes);
+  DeviceBuffer dlen = upload_vector(len[0]), dtail = upload_vector(tail_len), dtk = upload_vector(tk),
+               dtv = upload_vector(tv);
+  DeviceBuffer dq = upload_vector(q), dshift = upload_vector(shift), dout(rows * hd * sizeof(float));
+  DecodeAttention attn(far.k.fmt, far.v.fmt, hd, n_kv, n_group);
+  AttentionArgs a;
+  a.n_seq = n_seq;
+  a.seq_len = dlen.as<int>();
+  a.max_seq_len = *std::max_element(len[0].begin(), len[0].end());
+  a.capacity = kCapacity;
+  a.keys = dk.data();
+  a.values = dv.data();
+  a.q = dq.as<float>();
+  a.shift = dshift.as<float>();
+  a.scale = scale;
+  a.out = dout.as<float>();
+  a.tail_len = dtail.as<int>();
+  a.tail_keys = dtk.data();
+  a.tail_values = dtv.data();
+  a.tail_capacity = tail_capacity;
+  double worst = 0;
+  std::vector<float> first;
+  for (int split : {0, 64, 576, 2048, 4160}) {
+    a.split = split;
+    std::vector<float> out(rows * hd), again(rows * hd);
+    for (std::vector<float>* dst : {&out, &again}) {
+      dout.fill(0xFF);  // NaN: every element must be written
+      attn.run(a);
+      dout.download(dst->data(), dst->size() * sizeof(float));
+    }
+    EXPECT_EQ(std::memcmp(out.data(), again.data(), out.size() * sizeof(float)), 0) << "split " << split;
+    for (size_t r = 0; r < rows; ++r) {
+      std::vector<float> ref(static_cast<size_t>(hd), 0.0f);
+      if (D[r] > 0) {
+        for (int i = 0; i < hd; ++i) ref[size_t(i)] = float(O[r * hd + i] / D[r]);
+      }
+      for (int i = 0; i < hd; ++i) ASSERT_TRUE(std::isfinite(out[r * hd + i])) << "row " << r << " split " << split;
+      const double e = rel_l2(&out[r * hd], ref.data(), hd);
+      worst = std::max(worst, e);
+      EXPECT_LE(e, kHalfOperandTolerance) << "row " << r << " (sequence length " << kLengths[r / n_head]
+                                          << ") split " << split;
+    }
+  }
+  std::printf("[ tail ] %s/%s + near %s/%s + %d raw, near %d, hd %d, group %d: max rel L2 vs reference %.2e\n",
+              far.k.name.c_str(), far.v.name.c_str(), near.k.name.c_str(), near.v.name.c_str(), window, near_len, hd,
+              n_group, worst);
+}
+
+TEST(CudaAttentionTiers, TailAttendsInTheSameCall) {
+  SKIP_WITHOUT_GPU();
+  for (int hd : {64, 128}) {
+    const int vg = hd;  // the turbo schemes' one scale per record where the group is the head
+    check_tail({group(4, vg), group(4, vg)}, {group(5, vg), group(5, vg)}, hd, 2, 26);  // turbo4
+    check_tail({fp16(), group(4, 16)}, {fp16(), group(5, 16)}, hd, 2, 26);              // turbo0v4
+    check_tail({group(8, vg), group(8, vg)}, {group(8, vg), group(8, vg)}, hd, 4, 0);   // turbo8: 8 warps
+    check_tail({group(3, 32), fp16()}, {group(4, 32), fp16()}, hd, 2, 26);              // value rows
+    check_tail({fp16(), fp16()}, {fp16(), fp16()}, hd, 2, 26);                          // the FP16 kernel
+  }
+  check_tail({group(4, 128), group(4, 128)}, {group(5, 128), group(5, 128)}, 128, 2, 300);  // 10 chunks of 32
+  check_tail({fp16(), group(4, 16)}, {fp16(), group(5, 16)}, 128, 2, 26, 8);  // more heads than the kernel's 4 warps
+  check_tail({group(4, 128), group(4, 128)}, {group(5, 128), group(5, 128)}, 128, 2, 26, 7);
+}
+
+TEST(CudaAttentionTiers, TailWithoutRowsIsRejected) {
+  SKIP_WITHOUT_GPU();
+  const codec::CodecSpec g4{codec::CodecKind::Group, 4, 128, codec::MseCodebook::Sphere};
+  DecodeAttention attn(StreamFormat::records(g4), StreamFormat::records(g4), 128, 1, 4);
+  DeviceBuffer q(4 * 128 * sizeof(float)), lens(sizeof(int));
+  AttentionArgs a;
+  a.n_seq = 1;
+  a.capacity = 64;
+  a.max_seq_len = 64;
+  a.q = q.as<float>();
+  a.tail_len = lens.as<int>();  // checked before anything is read
+  a.tail_capacity = 32;
+  EXPECT_THROW(attn.run(a), Error);
+  a.tail_keys = a.tail_values = q.data();
+  a.tail_capacity = 0;
+  EXPECT_THROW(attn.run(a), Error);
+}
+
 // End to end through the rotations: keys and values in the original space,
 // encoded on the GPU (turbo4's codecs, scale search included), queries
 // rotated on the GPU, output rotated back; against the CPU codec, CPU

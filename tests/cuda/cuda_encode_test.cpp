@@ -262,6 +262,41 @@ TEST(CudaEncode, NonFiniteInputThrowsLikeTheCpuCodec) {
   EXPECT_THROW(enc.encode(a), Error);
 }
 
+// expand_records: what each record decodes to on the CPU (decode_rotated),
+// rounded to nearest even, bit for bit: every width 1 to 8, mse and group.
+TEST(CudaEncode, ExpandedRecordsAreTheCpuDecodeInFp16) {
+  SKIP_WITHOUT_GPU();
+  for (int hd : {64, 128}) {
+    for (int bits = 1; bits <= 8; ++bits) {
+      for (const codec::CodecSpec& spec : {codec::CodecSpec{codec::CodecKind::Group, bits, 16, codec::MseCodebook::Sphere},
+                                           codec::CodecSpec{codec::CodecKind::Group, bits, hd, codec::MseCodebook::Sphere},
+                                           codec::CodecSpec{codec::CodecKind::Mse, bits, 0, codec::MseCodebook::Sphere}}) {
+        const codec::Codec c(spec, hd);
+        const int n = 37;
+        const auto x = test_vectors(n, hd, uint64_t(bits) * 131 + uint64_t(hd));
+        const size_t rb = c.record_bytes();
+        std::vector<uint8_t> recs(size_t(n) * rb);
+        for (int i = 0; i < n; ++i) c.encode_rotated(&x[size_t(i) * hd], &recs[size_t(i) * rb]);
+        DeviceBuffer drec = upload_vector(recs), drows(size_t(n) * hd * 2);
+        expand_records(StreamFormat::records(spec), hd, drec.data(), size_t(n), drows.data());
+        std::vector<fp16_t> rows(size_t(n) * hd);
+        drows.download(rows.data(), rows.size() * 2);
+        std::vector<float> dec(static_cast<size_t>(hd));
+        int mismatched = 0;
+        for (int i = 0; i < n; ++i) {
+          c.decode_rotated(&recs[size_t(i) * rb], dec.data());
+          for (int e = 0; e < hd; ++e) mismatched += rows[size_t(i) * hd + e] != f32_to_fp16(dec[size_t(e)]) ? 1 : 0;
+        }
+        EXPECT_EQ(mismatched, 0) << codec::codec_name(spec.kind) << bits << " group " << spec.group_size << " hd " << hd;
+      }
+    }
+  }
+  DeviceBuffer any(4096);
+  EXPECT_THROW(expand_records(StreamFormat::rows_fp16(), 64, any.data(), 1, any.data()), Error);
+  const codec::CodecSpec prod{codec::CodecKind::Prod, 3, 0, codec::MseCodebook::Sphere};
+  EXPECT_THROW(expand_records(StreamFormat::records(prod), 64, any.data(), 1, any.data()), Error);
+}
+
 TEST(CudaEncode, UnsupportedFormatsAreRejectedByName) {
   SKIP_WITHOUT_GPU();
   DeviceRotations rot(all_signs(64, 1), 1, 64);
