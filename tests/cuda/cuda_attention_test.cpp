@@ -120,6 +120,25 @@ struct PairCase {
   Stream k, v;
 };
 
+// A call over n_seq sequences of kCapacity positions: device lengths,
+// key and value streams, query, shift and output.
+AttentionArgs call_args(int n_seq, const DeviceBuffer& len, int max_len, const DeviceBuffer& keys,
+                        const DeviceBuffer& values, const DeviceBuffer& q, const DeviceBuffer& shift, float scale,
+                        const DeviceBuffer& out) {
+  AttentionArgs a;
+  a.n_seq = n_seq;
+  a.seq_len = len.as<int>();
+  a.max_seq_len = max_len;
+  a.capacity = kCapacity;
+  a.keys = keys.data();
+  a.values = values.data();
+  a.q = q.as<float>();
+  a.shift = shift.as<float>();
+  a.scale = scale;
+  a.out = out.as<float>();
+  return a;
+}
+
 // The CPU reference's state {m, d, o} (natural base, o unnormalized) of
 // n_q query heads (q, shift: their first) over positions [0, len) of one
 // (sequence, kv head), `slot` = sequence * n_kv + kv head.
@@ -165,17 +184,7 @@ void check_pair(const PairCase& pc, int hd) {
     DeviceBuffer dout(q.size() * sizeof(float));
 
     DecodeAttention attn(pc.k.fmt, pc.v.fmt, hd, n_kv, group);
-    AttentionArgs a;
-    a.n_seq = n_seq;
-    a.seq_len = dlen.as<int>();
-    a.max_seq_len = max_len;
-    a.capacity = kCapacity;
-    a.keys = dk.data();
-    a.values = dv.data();
-    a.q = dq.as<float>();
-    a.shift = dshift.as<float>();
-    a.scale = scale;
-    a.out = dout.as<float>();
+    AttentionArgs a = call_args(n_seq, dlen, max_len, dk, dv, dq, dshift, scale, dout);
     auto run_split = [&](int split) {
       dout.fill(0xFF);  // NaN: every element must be written
       a.split = split;
@@ -269,6 +278,36 @@ TEST_P(CudaAttention, MatchesCpuReferenceOnOddSizes) {
 
 INSTANTIATE_TEST_SUITE_P(HeadDim, CudaAttention, ::testing::Values(64, 128));
 
+// The exact merge, on the host, of reference states of disjoint positions
+// (natural base, kv::detail's m, d, o) into each row's output.
+class HostMerge {
+ public:
+  HostMerge(size_t rows, int hd) : hd_(hd), m_(rows, -INFINITY), d_(rows, 0.0), o_(rows * size_t(hd), 0.0) {}
+  // Folds the states of rows [first, first + n).
+  void fold(size_t first, int n, const float* m, const float* d, const float* o) {
+    for (int j = 0; j < n; ++j) {
+      const size_t r = first + size_t(j);
+      const double mn = std::max(m_[r], double(m[j]));
+      const double a_old = std::exp(m_[r] - mn), a_new = std::exp(double(m[j]) - mn);
+      d_[r] = d_[r] * a_old + double(d[j]) * a_new;
+      for (int i = 0; i < hd_; ++i) o_[r * hd_ + i] = o_[r * hd_ + i] * a_old + double(o[size_t(j) * hd_ + i]) * a_new;
+      m_[r] = mn;
+    }
+  }
+  // Row r's normalized output; zeros where no position was attended.
+  std::vector<float> output(size_t r) const {
+    std::vector<float> out(static_cast<size_t>(hd_), 0.0f);
+    if (d_[r] > 0) {
+      for (int i = 0; i < hd_; ++i) out[size_t(i)] = float(o_[r * hd_ + i] / d_[r]);
+    }
+    return out;
+  }
+
+ private:
+  int hd_;
+  std::vector<double> m_, d_, o_;
+};
+
 // A cache's tiers as turbo4 keeps them (far: 4-bit records, near: 5-bit
 // records, window: FP16 rows; here all in one space), attended by one call
 // each with partial states and folded by merge_partials, against the CPU
@@ -291,8 +330,7 @@ TEST(CudaAttentionTiers, WindowNearAndFarMergeExactly) {
   for (auto& v : shift) v = float(rng.normal());
   DeviceBuffer dq = upload_vector(q), dshift = upload_vector(shift), dout(rows * hd * sizeof(float));
   const float scale = 1.0f / std::sqrt(float(hd));
-  // Host merge of the reference's per-tier states (natural base).
-  std::vector<double> M(rows, -INFINITY), D(rows, 0.0), O(rows * hd, 0.0);
+  HostMerge merged(rows, hd);  // the reference's per-tier states
   std::vector<DeviceBuffer> keep;
   std::vector<PartialState> parts;
   std::vector<float> whole_first;  // tier 0 by a plain call (normalized)
@@ -343,14 +381,7 @@ TEST(CudaAttentionTiers, WindowNearAndFarMergeExactly) {
         std::vector<float> m(static_cast<size_t>(n_group)), d(static_cast<size_t>(n_group)), o(size_t(n_group) * hd);
         reference_state(pc, kc, vc, hk, hv, size_t(s) * n_kv + g, hd, n_group, len[t][size_t(s)], &q[head * hd],
                         &shift[head], scale, m.data(), d.data(), o.data(), work);
-        for (int j = 0; j < n_group; ++j) {
-          const size_t r = head + size_t(j);
-          const double mn = std::max(M[r], double(m[size_t(j)]));
-          const double a_old = std::exp(M[r] - mn), a_new = std::exp(double(m[size_t(j)]) - mn);
-          D[r] = D[r] * a_old + double(d[size_t(j)]) * a_new;
-          for (int i = 0; i < hd; ++i) O[r * hd + i] = O[r * hd + i] * a_old + double(o[size_t(j) * hd + i]) * a_new;
-          M[r] = mn;
-        }
+        merged.fold(head, n_group, m.data(), d.data(), o.data());
       }
     }
   }
@@ -366,10 +397,7 @@ TEST(CudaAttentionTiers, WindowNearAndFarMergeExactly) {
   dout.download(out.data(), out.size() * sizeof(float));
   double worst = 0;
   for (size_t r = 0; r < rows; ++r) {
-    std::vector<float> ref(static_cast<size_t>(hd), 0.0f);
-    if (D[r] > 0) {
-      for (int i = 0; i < hd; ++i) ref[size_t(i)] = float(O[r * hd + i] / D[r]);
-    }
+    const std::vector<float> ref = merged.output(r);
     for (int i = 0; i < hd; ++i) ASSERT_TRUE(std::isfinite(out[r * hd + i])) << "row " << r;
     const double e = rel_l2(&out[r * hd], ref.data(), hd);
     worst = std::max(worst, e);
@@ -413,7 +441,7 @@ void check_tail(const PairCase& far, const PairCase& near, int hd, int window, i
   // The tail rows (keys, values): near positions first, then the window.
   std::vector<fp16_t> tk(size_t(n_seq) * n_kv * tail_capacity * hd, f32_to_fp16(NAN)),
       tv(tk.size(), f32_to_fp16(NAN));  // NaN past each tail: it must not be read
-  std::vector<double> M(rows, -INFINITY), D(rows, 0.0), O(rows * hd, 0.0);
+  HostMerge merged(rows, hd);  // the reference's per-tier states
   std::vector<HostStream> far_streams;
   std::vector<float> work(kv::detail::chunk_work_floats(hd)), dec(static_cast<size_t>(hd));
   for (size_t t = 0; t < tiers.size(); ++t) {
@@ -448,14 +476,7 @@ void check_tail(const PairCase& far, const PairCase& near, int hd, int window, i
         std::vector<float> m(static_cast<size_t>(n_group)), d(static_cast<size_t>(n_group)), o(size_t(n_group) * hd);
         reference_state(pc, kc, vc, hk, hv, slot, hd, n_group, n, &q[head * hd], &shift[head], scale, m.data(),
                         d.data(), o.data(), work);
-        for (int j = 0; j < n_group; ++j) {
-          const size_t r = head + size_t(j);
-          const double mn = std::max(M[r], double(m[size_t(j)]));
-          const double a_old = std::exp(M[r] - mn), a_new = std::exp(double(m[size_t(j)]) - mn);
-          D[r] = D[r] * a_old + double(d[size_t(j)]) * a_new;
-          for (int i = 0; i < hd; ++i) O[r * hd + i] = O[r * hd + i] * a_old + double(o[size_t(j) * hd + i]) * a_new;
-          M[r] = mn;
-        }
+        merged.fold(head, n_group, m.data(), d.data(), o.data());
       }
     }
     if (t == 0) {
@@ -468,17 +489,8 @@ void check_tail(const PairCase& far, const PairCase& near, int hd, int window, i
                dtv = upload_vector(tv);
   DeviceBuffer dq = upload_vector(q), dshift = upload_vector(shift), dout(rows * hd * sizeof(float));
   DecodeAttention attn(far.k.fmt, far.v.fmt, hd, n_kv, n_group);
-  AttentionArgs a;
-  a.n_seq = n_seq;
-  a.seq_len = dlen.as<int>();
-  a.max_seq_len = *std::max_element(len[0].begin(), len[0].end());
-  a.capacity = kCapacity;
-  a.keys = dk.data();
-  a.values = dv.data();
-  a.q = dq.as<float>();
-  a.shift = dshift.as<float>();
-  a.scale = scale;
-  a.out = dout.as<float>();
+  AttentionArgs a =
+      call_args(n_seq, dlen, *std::max_element(len[0].begin(), len[0].end()), dk, dv, dq, dshift, scale, dout);
   a.tail_len = dtail.as<int>();
   a.tail_keys = dtk.data();
   a.tail_values = dtv.data();
@@ -495,10 +507,7 @@ void check_tail(const PairCase& far, const PairCase& near, int hd, int window, i
     }
     EXPECT_EQ(std::memcmp(out.data(), again.data(), out.size() * sizeof(float)), 0) << "split " << split;
     for (size_t r = 0; r < rows; ++r) {
-      std::vector<float> ref(static_cast<size_t>(hd), 0.0f);
-      if (D[r] > 0) {
-        for (int i = 0; i < hd; ++i) ref[size_t(i)] = float(O[r * hd + i] / D[r]);
-      }
+      const std::vector<float> ref = merged.output(r);
       for (int i = 0; i < hd; ++i) ASSERT_TRUE(std::isfinite(out[r * hd + i])) << "row " << r << " split " << split;
       const double e = rel_l2(&out[r * hd], ref.data(), hd);
       worst = std::max(worst, e);
