@@ -339,18 +339,23 @@ int main(int argc, char** argv) try {
               for (size_t t = 0; t < parts.size(); ++t) {
                 ps.push_back({states[3 * t].as<float>(), states[3 * t + 1].as<float>(), states[3 * t + 2].as<float>()});
               }
+              // Call i's arguments for tier t alone.
+              auto tier_args = [&](size_t t, int i) {
+                AttentionArgs b = a;
+                b.seq_len = lens_d[t].as<int>();
+                b.max_seq_len = parts[t].second;
+                b.capacity = (parts[t].second + 15) / 16 * 16;
+                b.keys = caches[t].k[size_t(i) % caches[t].k.size()].data();
+                b.values = caches[t].v[size_t(i) % caches[t].v.size()].data();
+                b.split = 0;
+                return b;
+              };
               auto run_tiers = [&](int i) {
                 for (size_t t = 0; t < parts.size(); ++t) {
-                  AttentionArgs b = a;
-                  b.seq_len = lens_d[t].as<int>();
-                  b.max_seq_len = parts[t].second;
-                  b.capacity = (parts[t].second + 15) / 16 * 16;
-                  b.keys = caches[t].k[size_t(i) % caches[t].k.size()].data();
-                  b.values = caches[t].v[size_t(i) % caches[t].v.size()].data();
+                  AttentionArgs b = tier_args(t, i);
                   b.out = states[3 * t + 2].as<float>();
                   b.out_m = states[3 * t].as<float>();
                   b.out_d = states[3 * t + 1].as<float>();
-                  b.split = 0;
                   attns[t]->run(b);
                 }
                 merge_partials(ps, size_t(batch) * n_head, hd, out.as<float>(), stream);
@@ -366,21 +371,14 @@ int main(int argc, char** argv) try {
               // tier and the raw window as the call's tail (fp16 rows, as
               // expand_records writes a near tier and the window is kept).
               const int tail_n = spec.near + spec.window, tail_cap = (tail_n + 15) / 16 * 16;
-              const Scheme tail_rows{"tail", StreamFormat::rows_fp16(), StreamFormat::rows_fp16(), spec};
-              const Caches tail = build(tail_rows, batch, tail_cap, hd, 1, rot);
+              const Caches tail = build(window, batch, tail_cap, hd, 1, rot);
               const DeviceBuffer tail_len = upload_vector(std::vector<int>(size_t(batch), tail_n));
               auto run_fused = [&](int i) {
-                AttentionArgs b = a;
-                b.seq_len = lens_d[0].as<int>();
-                b.max_seq_len = n_far;
-                b.capacity = (n_far + 15) / 16 * 16;
-                b.keys = caches[0].k[size_t(i) % caches[0].k.size()].data();
-                b.values = caches[0].v[size_t(i) % caches[0].v.size()].data();
+                AttentionArgs b = tier_args(0, i);
                 b.tail_len = tail_len.as<int>();
                 b.tail_keys = tail.k[0].data();
                 b.tail_values = tail.v[0].data();
                 b.tail_capacity = tail_cap;
-                b.split = 0;
                 attns[0]->run(b);
               };
               for (int i = 0; i < 5; ++i) run_fused(i);

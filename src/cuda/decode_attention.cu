@@ -449,18 +449,14 @@ struct KeyRecords {
   static __device__ __forceinline__ float4 query(const float* q, int c, int r) {
     return *reinterpret_cast<const float4*>(q + r * kElems + 4 * c);
   }
-  // First physical element of k pair 2r (j = 0) or 2r + 8 (j = 1) of k-step c.
-  static __device__ __forceinline__ int pair_element(int c, int r, int j) { return r * kElems + 4 * c + 2 * j; }
 };
 
 template <int HD>
 struct KeyRows {
-  // First physical element of k pair 2r (j = 0) or 2r + 8 (j = 1) of k-step c.
-  static __device__ __forceinline__ int pair_element(int c, int r, int j) { return 16 * c + 8 * j + 2 * r; }
   // The query's B-fragment k pairs 2r (x, y) and 2r + 8 (z, w) of k-step c.
   static __device__ __forceinline__ float4 query(const float* q, int c, int r) {
-    const float2 lo = *reinterpret_cast<const float2*>(q + pair_element(c, r, 0));
-    const float2 hi = *reinterpret_cast<const float2*>(q + pair_element(c, r, 1));
+    const float2 lo = *reinterpret_cast<const float2*>(q + 16 * c + 2 * r);
+    const float2 hi = *reinterpret_cast<const float2*>(q + 16 * c + 8 + 2 * r);
     return make_float4(lo.x, lo.y, hi.x, hi.y);
   }
 };
@@ -648,14 +644,14 @@ __device__ __forceinline__ uint32_t transpose8x8(uint32_t x) {
 // mma code here the kTail instance's record loop got the recomputations
 // described at attention_kernel; with this, its loop has 559 SASS
 // instructions against the plain one's 574). kTailChunk positions at a
-// time: their rows are copied into the
-// front of the ring (where the warps' o go afterwards: at least 4 warps x
-// kMaxRows x (HD + 4) floats, more than 2 x kTailChunk rows), then the
-// scores of (position, head) pairs, each head's maximum, denominator and
-// weights, and o. Writes the tail's state {m, d} and o (fragment order,
-// pitch `pitch`: the acc_o layout) against its own maximum, and returns
-// kMaxRows floats of scratch for the caller (the tail's weights in the
-// CTA's state). Scratch: o_slot + kMaxRows * pitch onwards
+// time: their rows are copied into the front of the ring (where the
+// warps' o go afterwards: at least 4 warps x kMaxRows x (HD + 4) floats,
+// more than 2 x kTailChunk rows), then the scores of (position, head)
+// pairs, each head's maximum, denominator and weights, and o. Writes the
+// tail's state {m, d} and o (fragment order, pitch `pitch`: the acc_o
+// layout) against its own maximum, and returns kMaxRows floats of scratch
+// for the caller (the tail's weights in the CTA's state). Scratch: o_slot
+// + kMaxRows * pitch onwards
 // (tail_scratch_floats, reserved by DecodeAttention). Whole CTA; starts
 // and ends with a barrier.
 constexpr int kTailChunk = 32;  // a position a lane in the softmax step

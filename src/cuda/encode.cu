@@ -22,6 +22,7 @@
 #include <algorithm>
 #include <cmath>
 #include <string>
+#include <type_traits>
 
 #include "codec/codec.h"
 #include "cuda/cuda_check.cuh"
@@ -311,6 +312,24 @@ __global__ void expand_kernel(const uint8_t* __restrict__ records, size_t n, int
 
 bool is_pow2(int n) { return n > 0 && (n & (n - 1)) == 0; }
 
+// Calls f(std::integral_constant<int, B>{}) with B = bits (1..kMaxBits,
+// checked by quant_params): the kernel instance of a record width.
+template <class F>
+void with_bits(int bits, F&& f) {
+  switch (bits) {
+    case 1: return f(std::integral_constant<int, 1>{});
+    case 2: return f(std::integral_constant<int, 2>{});
+    case 3: return f(std::integral_constant<int, 3>{});
+    case 4: return f(std::integral_constant<int, 4>{});
+    case 5: return f(std::integral_constant<int, 5>{});
+    case 6: return f(std::integral_constant<int, 6>{});
+    case 7: return f(std::integral_constant<int, 7>{});
+    case 8: return f(std::integral_constant<int, 8>{});
+  }
+  static_assert(kMaxBits == 8, "with_bits covers 1..kMaxBits");
+  TKV_ASSERT(false, "bits checked by quant_params");
+}
+
 // The quantizer's parameters of a record format (the encoder's and
 // expand_records' checks: mse or group at 1..kMaxBits bits, not split).
 QuantParams quant_params(const StreamFormat& format, int head_dim, const char* who) {
@@ -356,17 +375,9 @@ void expand_records(const StreamFormat& format, int head_dim, const void* record
   const auto* in = static_cast<const uint8_t*>(records);
   auto* out = static_cast<__half*>(rows);
   const cudaStream_t st = static_cast<cudaStream_t>(stream);
-  switch (format.spec.bits) {
-    case 1: expand_kernel<1><<<blocks, 256, 0, st>>>(in, n, head_dim, P, out); break;
-    case 2: expand_kernel<2><<<blocks, 256, 0, st>>>(in, n, head_dim, P, out); break;
-    case 3: expand_kernel<3><<<blocks, 256, 0, st>>>(in, n, head_dim, P, out); break;
-    case 4: expand_kernel<4><<<blocks, 256, 0, st>>>(in, n, head_dim, P, out); break;
-    case 5: expand_kernel<5><<<blocks, 256, 0, st>>>(in, n, head_dim, P, out); break;
-    case 6: expand_kernel<6><<<blocks, 256, 0, st>>>(in, n, head_dim, P, out); break;
-    case 7: expand_kernel<7><<<blocks, 256, 0, st>>>(in, n, head_dim, P, out); break;
-    case 8: expand_kernel<8><<<blocks, 256, 0, st>>>(in, n, head_dim, P, out); break;
-    default: TKV_ASSERT(false, "bits checked by quant_params");
-  }
+  with_bits(format.spec.bits, [&](auto b) {
+    expand_kernel<decltype(b)::value><<<blocks, 256, 0, st>>>(in, n, head_dim, P, out);
+  });
   TKV_CUDA_LAUNCH("expand_kernel");
 }
 
@@ -433,17 +444,9 @@ void Encoder::encode(const EncodeArgs& a) {
   const size_t items_per_block = size_t(32 / slots) * kQuantWarps;
   const unsigned blocks = unsigned((n_vec * size_t(P.n_groups) + items_per_block - 1) / items_per_block);
   int* err = error_flag_.as<int>();
-  switch (format_.spec.bits) {
-    case 1: quantize_kernel<1><<<blocks, 32 * kQuantWarps>>>(rot, n_vec, head_dim_, P, slots, place, cache, err); break;
-    case 2: quantize_kernel<2><<<blocks, 32 * kQuantWarps>>>(rot, n_vec, head_dim_, P, slots, place, cache, err); break;
-    case 3: quantize_kernel<3><<<blocks, 32 * kQuantWarps>>>(rot, n_vec, head_dim_, P, slots, place, cache, err); break;
-    case 4: quantize_kernel<4><<<blocks, 32 * kQuantWarps>>>(rot, n_vec, head_dim_, P, slots, place, cache, err); break;
-    case 5: quantize_kernel<5><<<blocks, 32 * kQuantWarps>>>(rot, n_vec, head_dim_, P, slots, place, cache, err); break;
-    case 6: quantize_kernel<6><<<blocks, 32 * kQuantWarps>>>(rot, n_vec, head_dim_, P, slots, place, cache, err); break;
-    case 7: quantize_kernel<7><<<blocks, 32 * kQuantWarps>>>(rot, n_vec, head_dim_, P, slots, place, cache, err); break;
-    case 8: quantize_kernel<8><<<blocks, 32 * kQuantWarps>>>(rot, n_vec, head_dim_, P, slots, place, cache, err); break;
-    default: TKV_ASSERT(false, "bits checked in the constructor");
-  }
+  with_bits(format_.spec.bits, [&](auto b) {
+    quantize_kernel<decltype(b)::value><<<blocks, 32 * kQuantWarps>>>(rot, n_vec, head_dim_, P, slots, place, cache, err);
+  });
   TKV_CUDA_LAUNCH("quantize_kernel");
   int flag = 0;
   error_flag_.download(&flag, sizeof(int));  // synchronizes: the codec's errors surface here
