@@ -5,6 +5,7 @@
 //   turbokv-cuda-bench [--quick] [--json FILE] [--reps N] [--peak-gbs X]
 //                      [--only BATCH,CTX,HEAD_DIM,GQA] [--schemes S1,S2,...]
 //                      [--split N] [--hold-us X] [--no-encode] [--tiers]
+//                      [--timeline]
 //
 // For every batch x context x head_dim x GQA shape (8 kv heads, every
 // sequence full) and scheme it prints the median GPU time of one decode
@@ -24,7 +25,10 @@
 // --tiers, each record scheme is also timed as its cache keeps a sequence:
 // one call per tier (far records, the near tier, the raw window; scheme.h)
 // with partial states, merged by merge_partials; and in one call, the near
-// tier and the raw window as the call's tail of fp16 rows.
+// tier and the raw window as the call's tail of fp16 rows. With
+// --timeline, three more calls of each scheme record when each CTA passes
+// its points (AttentionArgs::timeline), and it prints how long the phases
+// between them took over the CTAs (timeline_line).
 // Benchmarks never assert; tests live in tests/cuda.
 #include <algorithm>
 #include <chrono>
@@ -140,6 +144,47 @@ struct Row {
   int split = 0;
 };
 
+// The line of one timed call with a timeline: the call's event time, then each
+// phase's median [min, max] over the CTAs that have both of its points, in
+// microseconds: launch (the hold kernel's end to a CTA's first
+// instruction), setup, records (every warp's tiles), tail, state (merging
+// the warps, writing the split's state), output (the cluster's first CTA:
+// waiting for the others, folding, writing), and when the last CTA was done.
+std::string timeline_line(const std::string& scheme, int call, double event_us, uint64_t hold_end,
+                          const std::vector<uint64_t>& stamps) {
+  const size_t n_cta = stamps.size() / kTimelineSlots;
+  auto row = [&](size_t c) { return &stamps[c * kTimelineSlots]; };
+  std::string line;
+  auto add = [&](const char* fmt, auto... v) {
+    char buf[128];
+    std::snprintf(buf, sizeof buf, fmt, v...);
+    line += buf;
+  };
+  add("timeline %-8s call %d: event %.1f", scheme.c_str(), call, event_us);
+  auto phase = [&](const char* name, int from, int to) {
+    std::vector<double> us;
+    for (size_t c = 0; c < n_cta; ++c) {
+      const uint64_t a = from < 0 ? hold_end : row(c)[from], b = row(c)[to];
+      if (a != 0 && b != 0) us.push_back((double(b) - double(a)) * 1e-3);
+    }
+    if (us.empty()) return;
+    std::sort(us.begin(), us.end());
+    add(" | %s %.1f [%.1f, %.1f]", name, us[us.size() / 2], us.front(), us.back());
+  };
+  phase("launch", -1, kTimelineEntry);
+  phase("setup", kTimelineEntry, kTimelineSetup);
+  phase("records", kTimelineSetup, kTimelineRecords);
+  phase("tail", kTimelineRecords, kTimelineTail);
+  bool tail = false;
+  for (size_t c = 0; c < n_cta; ++c) tail = tail || row(c)[kTimelineTail] != 0;
+  phase("state", tail ? kTimelineTail : kTimelineRecords, kTimelineState);
+  phase("output", kTimelineState, kTimelineOutput);
+  uint64_t last = 0;
+  for (size_t c = 0; c < n_cta; ++c) last = std::max({last, row(c)[kTimelineState], row(c)[kTimelineOutput]});
+  add(" | last CTA done %.1f\n", (double(last) - double(hold_end)) * 1e-3);
+  return line;
+}
+
 double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   return v[v.size() / 2];
@@ -148,7 +193,7 @@ double median(std::vector<double> v) {
 }  // namespace
 
 int main(int argc, char** argv) try {
-  bool quick = false, encode = true, tiers = false;
+  bool quick = false, encode = true, tiers = false, timeline = false;
   std::string json_path;
   std::vector<int> only;
   std::vector<std::string> schemes = {"fp16", "turbo4", "turbo3"};
@@ -180,6 +225,7 @@ int main(int argc, char** argv) try {
     else if (a == "--hold-us") hold_us = std::atof(value().c_str());
     else if (a == "--no-encode") encode = false;
     else if (a == "--tiers") tiers = true;
+    else if (a == "--timeline") timeline = true;
     else if (a == "--split") forced_split = std::atoi(value().c_str());
     else if (a == "--schemes") schemes = split_list(value());
     else if (a == "--only") {
@@ -188,10 +234,11 @@ int main(int argc, char** argv) try {
     } else {
       throw Error("unknown flag " + a +
                   " (expected --quick, --json FILE, --reps N, --peak-gbs X, --only B,C,D,G, --schemes LIST, "
-                  "--split N, --hold-us X, --no-encode, --tiers)");
+                  "--split N, --hold-us X, --no-encode, --tiers, --timeline)");
     }
   }
   if (reps < 3) throw Error("--reps must be at least 3");
+  if (timeline && !timeline_available()) throw Error("--timeline needs turbokv built with -DTURBOKV_CUDA_TIMELINE=ON");
   if (!(hold_us >= 1 && hold_us <= 1e6)) throw Error("--hold-us must be between 1 and 1000000");
   if (!device_available()) throw Error("no CUDA device");
   const DeviceInfo dev = device_info();
@@ -289,6 +336,32 @@ int main(int argc, char** argv) try {
             Row r{batch, ctx, hd, gqa, name};
             r.us = time_us(run, reps, true);
             r.call_us = time_us(run, reps, false);
+            // Before the graph replays below: the card's clocks drop under their continuous load.
+            std::string timeline_lines;
+            if (timeline) {
+              const int split = forced_split > 0 ? forced_split : attn.planned_split(batch, ctx);
+              const int n_split = (ctx + split - 1) / split;
+              DeviceBuffer stamps(size_t(batch) * kKvHeads * n_split * kTimelineSlots * sizeof(uint64_t)),
+                  hold_end(sizeof(uint64_t));
+              for (int call = 1; call <= 3; ++call) {
+                stamps.fill(0);
+                CHECK(cudaDeviceSynchronize());
+                hold_stream(stream, hold_us, hold_end.as<uint64_t>());
+                CHECK(cudaEventRecord(e0, stream));
+                a.timeline = stamps.as<uint64_t>();
+                run(call);
+                a.timeline = nullptr;
+                CHECK(cudaEventRecord(e1, stream));
+                CHECK(cudaEventSynchronize(e1));
+                float ms = 0;
+                CHECK(cudaEventElapsedTime(&ms, e0, e1));
+                std::vector<uint64_t> t(stamps.bytes() / sizeof(uint64_t));
+                uint64_t h = 0;
+                stamps.download(t.data(), stamps.bytes());
+                hold_end.download(&h, sizeof h);
+                timeline_lines += timeline_line(name, call, double(ms) * 1e3, h, t);
+              }
+            }
             cudaGraph_t graph = nullptr;
             cudaGraphExec_t exec = nullptr;
             CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
@@ -308,9 +381,10 @@ int main(int argc, char** argv) try {
             std::printf("%5d %7d %3d %3d  %-7s %10.1f %9.1f %8.0f %5.1f%% %7.2fx %6d %8.1f %12.1f\n", batch, ctx, hd,
                         gqa, name.c_str(), r.us, bytes / 1e6, r.gbs, 100 * r.frac_peak, r.speedup, r.split, r.call_us,
                         r.sustained_us);
+            std::printf("%s", timeline_lines.c_str());
             std::fflush(stdout);
             rows.push_back(r);
-            const kv::SchemeSpec& spec = sc.spec;
+          const kv::SchemeSpec& spec = sc.spec;
             if (tiers && spec.window + spec.near > 0 && ctx > spec.window + spec.near) {
               // The scheme as its cache keeps a sequence (scheme.h): the
               // newest `window` positions raw (fp16 rows), the `near` before

@@ -106,7 +106,9 @@ void fill_random(float* dst, size_t count, uint64_t seed, float scale);
 // timer. Benchmarks put it before a timed region so that the host enqueues
 // the region while the GPU is still busy: the region's events then time the
 // GPU's work and not the host's launch latency (nvbench's blocking kernel).
-void hold_stream(void* stream, double microseconds);
+// end_stamp, if not null: device, where the kernel writes the global timer
+// (ns) as it returns (AttentionArgs::timeline's reference point).
+void hold_stream(void* stream, double microseconds, uint64_t* end_stamp = nullptr);
 
 // ---- streams --------------------------------------------------------------------
 
@@ -235,7 +237,28 @@ struct AttentionArgs {
   const void* tail_keys = nullptr;    // 16-byte aligned (Error otherwise)
   const void* tail_values = nullptr;  // 16-byte aligned
   int tail_capacity = 0;              // positions per (sequence, kv head) in the tail buffers
+  // Optional, for profiling, in builds with -DTURBOKV_CUDA_TIMELINE=ON
+  // (timeline_available(); run() throws otherwise): where thread 0 of each
+  // CTA of the split kernel writes the GPU's global timer (ns) as it passes
+  // the points of TimelinePoint, device (n_seq, n_kv_head, n_split,
+  // kTimelineSlots) with n_split = ceil(max_seq_len / split). A point a CTA
+  // does not pass keeps what was there.
+  uint64_t* timeline = nullptr;
 };
+
+// The points of a CTA that AttentionArgs::timeline records, in order.
+enum TimelinePoint : int {
+  kTimelineEntry = 0,    // the kernel's first instruction
+  kTimelineSetup = 1,    // setup done (query, pair table, first tiles issued; one barrier)
+  kTimelineRecords = 2,  // every warp done with its tiles of records
+  kTimelineTail = 3,     // the tail attended (the CTA of a sequence's last split, with a tail)
+  kTimelineState = 4,    // the CTA's partial state written (to the cluster's first CTA or the workspace)
+  kTimelineOutput = 5,   // the output written (the cluster's first CTA, where a cluster merges)
+  kTimelineSm = 6,       // not a time: the SM the CTA ran on
+};
+constexpr int kTimelineSlots = 8;
+// Whether this build records timelines (-DTURBOKV_CUDA_TIMELINE=ON).
+bool timeline_available();
 
 // One call's partial states (AttentionArgs out, out_m, out_d).
 struct PartialState {

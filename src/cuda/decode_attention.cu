@@ -80,6 +80,7 @@ struct KernelArgs {
   const uint16_t* tail_keys;         // (n_seq, n_kv, tail_capacity, head_dim) fp16, the query's space
   const uint16_t* tail_values;       // likewise, the output's space
   int tail_capacity;
+  uint64_t* timeline;                // (n_seq, n_kv, n_split, kTimelineSlots) or null (AttentionArgs::timeline)
 };
 
 // Folds the partial states of one output element, split by split in order
@@ -124,6 +125,24 @@ __device__ __forceinline__ void write_output(float* out, float* out_m, float* ou
     out_m[row] = f.m;
     out_d[row] = f.d;
   }
+}
+
+// Thread 0 writes the global timer into slot `point` of its CTA's row of
+// the timeline (AttentionArgs::timeline), and at entry the SM's id too.
+// Profiling builds only (TURBOKV_CUDA_TIMELINE): elsewhere no code.
+__device__ __forceinline__ void stamp([[maybe_unused]] const KernelArgs& a, [[maybe_unused]] TimelinePoint point) {
+#ifdef TURBOKV_CUDA_TIMELINE
+  if (a.timeline == nullptr || threadIdx.x != 0) return;
+  uint64_t t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  uint64_t* row = a.timeline + ((size_t(blockIdx.z) * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x) * kTimelineSlots;
+  row[point] = t;
+  if (point == kTimelineEntry) {
+    uint32_t sm;
+    asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));
+    row[kTimelineSm] = sm;
+  }
+#endif
 }
 
 // ---- PTX wrappers -----------------------------------------------------------------------
@@ -765,6 +784,7 @@ __global__ void __launch_bounds__(32 * kWarpsOf<KL, VL>, kAnyFp16<KL, VL> ? 2 : 
   constexpr int KSTEPS = HD / 16, MT = HD / 16;
   using KR = typename KeyReader<KL, HD>::type;
   using VR = typename ValueReader<VL, HD>::type;
+  stamp(a, kTimelineEntry);
   // Dynamic shared memory: [ring][gap where kAlignedTable][pair table]
   // ring: (warp, stage) x (key tile, value tile); reused for the warps' merge.
   extern __shared__ __align__(16) uint8_t smem[];
@@ -874,6 +894,7 @@ __global__ void __launch_bounds__(32 * kWarpsOf<KL, VL>, kAnyFp16<KL, VL> ? 2 : 
     if (hB < a.group) shiftB = a.shift[size_t(seq) * n_head + head0 + hB] * a.scale_log2;
   }
   __syncthreads();
+  stamp(a, kTimelineSetup);
 
   float mA = -INFINITY, mB = -INFINITY, dA = 0.0f, dB = 0.0f;
   float baseA = 0.0f, baseB = 0.0f;  // the weights' reference: mA, mB, or 0 while they are -inf
@@ -1030,6 +1051,7 @@ __global__ void __launch_bounds__(32 * kWarpsOf<KL, VL>, kAnyFp16<KL, VL> ? 2 : 
     warp_d[warp][hB] = dB;
   }
   __syncthreads();  // every warp is done with the ring: reuse it
+  stamp(a, kTimelineRecords);
   // (warp, kMaxRows heads, HD + 4) weighted o of each warp, fragment order
   // (the mma columns past the group are padding and are not stored); the
   // pitch keeps the fragment stores conflict-free.
@@ -1045,6 +1067,7 @@ __global__ void __launch_bounds__(32 * kWarpsOf<KL, VL>, kAnyFp16<KL, VL> ? 2 : 
       static_assert(kWarps * kWarpAcc * 4 >= 2 * kTailChunk * HD * 2, "tail rows do not fit in the warps' o");
       tail_f = attend_tail<VR, HD, kThreads>(a, tail_len, seq, kv, ring, acc_o + kWarps * kWarpAcc, kAccPitch,
                                              warp_m[kWarps], warp_d[kWarps]);
+      stamp(a, kTimelineTail);
     }
   }
   float fA, fB;  // this warp's weight in the CTA's state, heads hA and hB
@@ -1118,6 +1141,7 @@ __global__ void __launch_bounds__(32 * kWarpsOf<KL, VL>, kAnyFp16<KL, VL> ? 2 : 
       }
       float* to_o = cluster.map_shared_rank(&recv_o[rank][0], 0);
       for (int i = tid; i < a.group * HD; i += kThreads) to_o[i] = cta_o(i);
+      stamp(a, kTimelineState);
       asm volatile("barrier.cluster.arrive.release;\n" ::: "memory");
       if (rank != 0) return;
       asm volatile("barrier.cluster.wait.acquire;\n" ::: "memory");
@@ -1128,6 +1152,7 @@ __global__ void __launch_bounds__(32 * kWarpsOf<KL, VL>, kAnyFp16<KL, VL> ? 2 : 
             [&](int s) { return recv_o[s][i]; });
         write_output(a.out, a.out_m, a.out_d, size_t(seq) * n_head + head0 + head, HD, VR::out_element(t, row), f);
       }
+      stamp(a, kTimelineOutput);
       return;
     }
 #endif
@@ -1144,6 +1169,7 @@ __global__ void __launch_bounds__(32 * kWarpsOf<KL, VL>, kAnyFp16<KL, VL> ? 2 : 
     const int head = i / HD, t = (i % HD) / 16, row = i % 16;
     a.ws_o[(state0 + size_t(head) * a.n_split) * HD + VR::out_element(t, row)] = cta_o(i);
   }
+  stamp(a, kTimelineState);
 }
 
 // One block per (sequence, query head): folds the splits' states in order
@@ -1528,6 +1554,9 @@ void DecodeAttention::run(const AttentionArgs& args) {
       throw Error("CUDA decode attention: the tail's rows must be 16-byte aligned");
     }
   }
+  if (args.timeline != nullptr && !timeline_available()) {
+    throw Error("CUDA decode attention: AttentionArgs::timeline needs a build with -DTURBOKV_CUDA_TIMELINE=ON");
+  }
   const int split = args.split > 0 ? args.split : planned_split(args.n_seq, std::max(1, args.max_seq_len));
   if (split % 64 != 0) throw Error("CUDA decode attention: split must be a multiple of 64, got " + std::to_string(split));
   const int n_split = std::max(1, (args.max_seq_len + split - 1) / split);
@@ -1553,6 +1582,7 @@ void DecodeAttention::run(const AttentionArgs& args) {
   A.tail_keys = static_cast<const uint16_t*>(args.tail_keys);
   A.tail_values = static_cast<const uint16_t*>(args.tail_values);
   A.tail_capacity = args.tail_capacity;
+  A.timeline = args.timeline;
   A.ring_bytes = k.ring_bytes;
   const dim3 grid(unsigned(n_split), unsigned(n_kv_head_), unsigned(args.n_seq));
   const cudaStream_t stream = static_cast<cudaStream_t>(args.stream);

@@ -97,18 +97,27 @@ __global__ void fill_random_kernel(float* dst, size_t count, uint64_t seed, floa
 }
 
 // One thread that returns once the GPU's global timer has advanced by `ns`.
-__global__ void hold_kernel(uint64_t ns) {
+__global__ void hold_kernel(uint64_t ns, uint64_t* end_stamp) {
   uint64_t t0, t;
   asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
   do {
     asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
   } while (t - t0 < ns);
+  if (end_stamp != nullptr) *end_stamp = t;
 }
 
 }  // namespace
 
-void hold_stream(void* stream, double microseconds) {
-  hold_kernel<<<1, 1, 0, static_cast<cudaStream_t>(stream)>>>(uint64_t(microseconds * 1e3));
+bool timeline_available() {
+#ifdef TURBOKV_CUDA_TIMELINE
+  return true;
+#else
+  return false;
+#endif
+}
+
+void hold_stream(void* stream, double microseconds, uint64_t* end_stamp) {
+  hold_kernel<<<1, 1, 0, static_cast<cudaStream_t>(stream)>>>(uint64_t(microseconds * 1e3), end_stamp);
   TKV_CUDA_LAUNCH("hold_kernel");
 }
 

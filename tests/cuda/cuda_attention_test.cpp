@@ -691,66 +691,140 @@ TEST(CudaAttentionShapes, MisalignedQueryIsRejected) {
 // replayed, writes the same bits as on the default stream: through the
 // cluster merge (a split of 2048: 1-3 splits a sequence) and through
 // merge_kernel (the planned split: 11 splits of the longest sequence).
-TEST(CudaAttentionStreams, StreamAndGraphGiveTheSameBits) {
-  SKIP_WITHOUT_GPU();
-  const int hd = 128, n_kv = 2, n_group = 4, n_seq = int(kLengths.size());
+// One call over group4g128 records at head_dim 128 and the kLengths batch,
+// for the tests of how a call runs rather than what it computes.
+struct GroupCall {
+  static constexpr int hd = 128, n_kv = 2, n_group = 4;
+  const int n_seq = int(kLengths.size());
   const Stream s = group(4, 128);
-  const HostStream hk = fill(s, hd, n_seq, n_kv, true, 11), hv = fill(s, hd, n_seq, n_kv, false, 12);
-  Rng rng(13);
-  std::vector<float> q(size_t(n_seq) * n_kv * n_group * hd);
-  for (auto& v : q) v = float(rng.normal());
-  DeviceBuffer dk = upload_vector(hk.bytes), dv = upload_vector(hv.bytes), dlen = upload_vector(kLengths);
-  DeviceBuffer dq = upload_vector(q), dout(q.size() * sizeof(float));
-  DecodeAttention attn(s.fmt, s.fmt, hd, n_kv, n_group);
+  std::vector<float> q = std::vector<float>(size_t(n_seq) * n_kv * n_group * hd);
+  DeviceBuffer dk, dv, dlen, dq, dout;
+  DecodeAttention attn{s.fmt, s.fmt, hd, n_kv, n_group};
   AttentionArgs a;
-  a.n_seq = n_seq;
-  a.seq_len = dlen.as<int>();
-  a.max_seq_len = *std::max_element(kLengths.begin(), kLengths.end());
-  a.capacity = kCapacity;
-  a.keys = dk.data();
-  a.values = dv.data();
-  a.q = dq.as<float>();
-  a.scale = 1.0f / std::sqrt(float(hd));
-  a.out = dout.as<float>();
-  cudaStream_t stream = nullptr;
-  ASSERT_EQ(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), cudaSuccess);
-  auto output = [&]() {
+
+  GroupCall() {
+    const HostStream hk = fill(s, hd, n_seq, n_kv, true, 11), hv = fill(s, hd, n_seq, n_kv, false, 12);
+    Rng rng(13);
+    for (auto& v : q) v = float(rng.normal());
+    dk = upload_vector(hk.bytes);
+    dv = upload_vector(hv.bytes);
+    dlen = upload_vector(kLengths);
+    dq = upload_vector(q);
+    dout = DeviceBuffer(q.size() * sizeof(float));
+    a.n_seq = n_seq;
+    a.seq_len = dlen.as<int>();
+    a.max_seq_len = *std::max_element(kLengths.begin(), kLengths.end());
+    a.capacity = kCapacity;
+    a.keys = dk.data();
+    a.values = dv.data();
+    a.q = dq.as<float>();
+    a.scale = 1.0f / std::sqrt(float(hd));
+    a.out = dout.as<float>();
+  }
+  std::vector<float> output() const {
     std::vector<float> out(q.size());
     dout.download(out.data(), out.size() * sizeof(float));
     return out;
-  };
+  }
+  int n_split() const {
+    const int split = a.split > 0 ? a.split : attn.planned_split(n_seq, a.max_seq_len);
+    return (a.max_seq_len + split - 1) / split;
+  }
+};
+
+TEST(CudaAttentionStreams, StreamAndGraphGiveTheSameBits) {
+  SKIP_WITHOUT_GPU();
+  GroupCall c;
+  AttentionArgs& a = c.a;
+  cudaStream_t stream = nullptr;
+  ASSERT_EQ(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), cudaSuccess);
   for (int split : {2048, 0}) {
     SCOPED_TRACE("split " + std::to_string(split));
     a.split = split;
     a.stream = nullptr;
-    dout.fill(0xFF);  // NaN: every element must be written
-    attn.run(a);
+    c.dout.fill(0xFF);  // NaN: every element must be written
+    c.attn.run(a);
     synchronize();
-    const std::vector<float> ref = output();
+    const std::vector<float> ref = c.output();
     for (float v : ref) ASSERT_FALSE(std::isnan(v));
 
     a.stream = stream;
-    dout.fill(0xFF);
+    c.dout.fill(0xFF);
     synchronize();  // the fill ran on the default stream, which a non-blocking stream does not wait for
-    attn.run(a);
+    c.attn.run(a);
     ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
-    EXPECT_EQ(std::memcmp(output().data(), ref.data(), ref.size() * sizeof(float)), 0) << "on a stream";
+    EXPECT_EQ(std::memcmp(c.output().data(), ref.data(), ref.size() * sizeof(float)), 0) << "on a stream";
 
-    dout.fill(0xFF);
+    c.dout.fill(0xFF);
     synchronize();
     cudaGraph_t graph = nullptr;
     cudaGraphExec_t exec = nullptr;
     ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), cudaSuccess);
-    attn.run(a);
+    c.attn.run(a);
     ASSERT_EQ(cudaStreamEndCapture(stream, &graph), cudaSuccess);
     ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
     ASSERT_EQ(cudaGraphLaunch(exec, stream), cudaSuccess);
     ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
-    EXPECT_EQ(std::memcmp(output().data(), ref.data(), ref.size() * sizeof(float)), 0) << "replayed from a graph";
+    EXPECT_EQ(std::memcmp(c.output().data(), ref.data(), ref.size() * sizeof(float)), 0) << "replayed from a graph";
     cudaGraphExecDestroy(exec);
     cudaGraphDestroy(graph);
   }
   cudaStreamDestroy(stream);
+}
+
+// The profiling timeline (AttentionArgs::timeline, builds with
+// -DTURBOKV_CUDA_TIMELINE=ON): every CTA stamps its points in order, and
+// the output is the same bits as without it. (The stamps' order, not their
+// times: tests never assert on time.)
+TEST(CudaAttentionStreams, TimelineStampsEveryCtaInOrderAndChangesNoBits) {
+  SKIP_WITHOUT_GPU();
+  if (!timeline_available()) GTEST_SKIP() << "built without TURBOKV_CUDA_TIMELINE";
+  GroupCall c;
+  const DeviceInfo dev = device_info();
+  for (int split : {1024, 2048, 0}) {
+    SCOPED_TRACE("split " + std::to_string(split));
+    c.a.split = split;
+    c.a.timeline = nullptr;
+    c.attn.run(c.a);
+    synchronize();
+    const std::vector<float> ref = c.output();
+    const size_t n_cta = size_t(c.n_seq) * c.n_kv * size_t(c.n_split());
+    DeviceBuffer stamps(n_cta * kTimelineSlots * sizeof(uint64_t));
+    stamps.fill(0);
+    c.a.timeline = stamps.as<uint64_t>();
+    c.attn.run(c.a);
+    synchronize();
+    EXPECT_EQ(std::memcmp(c.output().data(), ref.data(), ref.size() * sizeof(float)), 0);
+    std::vector<uint64_t> t(n_cta * kTimelineSlots);
+    stamps.download(t.data(), t.size() * sizeof(uint64_t));
+    for (size_t cta = 0; cta < n_cta; ++cta) {
+      SCOPED_TRACE("CTA " + std::to_string(cta));
+      const uint64_t* row = &t[cta * kTimelineSlots];
+      EXPECT_GT(row[kTimelineEntry], 0u);
+      EXPECT_LE(row[kTimelineEntry], row[kTimelineSetup]);
+      EXPECT_LE(row[kTimelineSetup], row[kTimelineRecords]);
+      EXPECT_LE(row[kTimelineRecords], row[kTimelineState]);
+      EXPECT_EQ(row[kTimelineTail], 0u) << "no tail in this call";
+      if (row[kTimelineOutput] != 0) {
+        EXPECT_LE(row[kTimelineState], row[kTimelineOutput]);
+      }
+      EXPECT_LT(row[kTimelineSm], uint64_t(dev.sm_count));
+    }
+  }
+}
+
+TEST(CudaAttentionStreams, TimelineWithoutTheBuildOptionIsRejected) {
+  SKIP_WITHOUT_GPU();
+  if (timeline_available()) GTEST_SKIP() << "built with TURBOKV_CUDA_TIMELINE";
+  GroupCall c;
+  DeviceBuffer stamps(kTimelineSlots * sizeof(uint64_t));
+  c.a.timeline = stamps.as<uint64_t>();
+  try {
+    c.attn.run(c.a);
+    FAIL() << "a timeline in a build without it must be refused";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("TURBOKV_CUDA_TIMELINE"), std::string::npos) << e.what();
+  }
 }
 
 }  // namespace
