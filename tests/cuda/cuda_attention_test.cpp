@@ -711,15 +711,8 @@ struct GroupCall {
     dlen = upload_vector(kLengths);
     dq = upload_vector(q);
     dout = DeviceBuffer(q.size() * sizeof(float));
-    a.n_seq = n_seq;
-    a.seq_len = dlen.as<int>();
-    a.max_seq_len = *std::max_element(kLengths.begin(), kLengths.end());
-    a.capacity = kCapacity;
-    a.keys = dk.data();
-    a.values = dv.data();
-    a.q = dq.as<float>();
-    a.scale = 1.0f / std::sqrt(float(hd));
-    a.out = dout.as<float>();
+    a = call_args(n_seq, dlen, *std::max_element(kLengths.begin(), kLengths.end()), dk, dv, dq, DeviceBuffer(),
+                  1.0f / std::sqrt(float(hd)), dout);
   }
   std::vector<float> output() const {
     std::vector<float> out(q.size());
