@@ -384,7 +384,7 @@ int main(int argc, char** argv) try {
             std::printf("%s", timeline_lines.c_str());
             std::fflush(stdout);
             rows.push_back(r);
-          const kv::SchemeSpec& spec = sc.spec;
+            const kv::SchemeSpec& spec = sc.spec;
             if (tiers && spec.window + spec.near > 0 && ctx > spec.window + spec.near) {
               // The scheme as its cache keeps a sequence (scheme.h): the
               // newest `window` positions raw (fp16 rows), the `near` before

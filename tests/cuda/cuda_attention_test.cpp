@@ -120,16 +120,16 @@ struct PairCase {
   Stream k, v;
 };
 
-// A call over n_seq sequences of kCapacity positions: device lengths,
-// key and value streams, query, shift and output.
+// A call over n_seq sequences of `capacity` positions: device lengths,
+// key and value streams, query, shift (may be empty) and output.
 AttentionArgs call_args(int n_seq, const DeviceBuffer& len, int max_len, const DeviceBuffer& keys,
                         const DeviceBuffer& values, const DeviceBuffer& q, const DeviceBuffer& shift, float scale,
-                        const DeviceBuffer& out) {
+                        const DeviceBuffer& out, int capacity = kCapacity) {
   AttentionArgs a;
   a.n_seq = n_seq;
   a.seq_len = len.as<int>();
   a.max_seq_len = max_len;
-  a.capacity = kCapacity;
+  a.capacity = capacity;
   a.keys = keys.data();
   a.values = values.data();
   a.q = q.as<float>();
@@ -596,17 +596,7 @@ TEST(CudaAttentionEndToEnd, GpuEncodedTurbo4MatchesCpuPipeline) {
   const std::vector<int> lens = {len};
   DeviceBuffer dlen = upload_vector(lens);
   DecodeAttention attn(StreamFormat::records(ks), StreamFormat::records(vs), hd, n_kv, group);
-  AttentionArgs a;
-  a.n_seq = 1;
-  a.seq_len = dlen.as<int>();
-  a.max_seq_len = len;
-  a.capacity = capacity;
-  a.keys = kc.data();
-  a.values = vc.data();
-  a.q = dqr.as<float>();
-  a.scale = 1.0f / std::sqrt(float(hd));
-  a.out = dout.as<float>();
-  attn.run(a);
+  attn.run(call_args(1, dlen, len, kc, vc, dqr, DeviceBuffer(), 1.0f / std::sqrt(float(hd)), dout, capacity));
   drot.inverse(dout.as<float>(), dout.as<float>(), size_t(n_head), group);
   std::vector<float> out(q.size());
   dout.download(out.data(), out.size() * sizeof(float));
