@@ -18,7 +18,9 @@
 // host's launch (the measure before session 6), and sustained_us, replays
 // of a CUDA graph of kGraphCalls calls back to back divided by kGraphCalls
 // (the GPU under continuous load, where the card's power limit can lower
-// its clocks). Caches smaller than 3x the L2 are replicated and rotated so
+// its clocks). And read_us: a kernel that only reads the same bytes
+// (read_bytes), behind hold_stream like time_us: the floor a call over
+// them can approach on this card at this size. Caches smaller than 3x the L2 are replicated and rotated so
 // that repeated calls do not read from L2. The peak is 2 x memory clock x bus width from the
 // driver's attributes unless --peak-gbs gives it. Then it times encoding a
 // 32K-token prefix (keys and values of 8 kv heads: one layer). With
@@ -141,6 +143,7 @@ struct Row {
   int batch, ctx, hd, gqa;
   std::string scheme;
   double us = 0, call_us = 0, sustained_us = 0, bytes = 0, gbs = 0, frac_peak = 0, speedup = 0;
+  double read_us = 0, read_frac_peak = 0;  // a plain read of the same bytes (read_bytes)
   int split = 0;
 };
 
@@ -265,6 +268,7 @@ int main(int argc, char** argv) try {
   cudaEvent_t e0, e1;
   CHECK(cudaEventCreate(&e0));
   CHECK(cudaEventCreate(&e1));
+  DeviceBuffer sink(sizeof(uint32_t));  // read_bytes's
   cudaStream_t stream = nullptr;
   CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
   // Median over n_reps of the time between events around work(i), which
@@ -291,8 +295,9 @@ int main(int argc, char** argv) try {
                   describe(sc.v, hd).c_str());
     }
   }
-  std::printf("\n%5s %7s %3s %3s  %-7s %10s %9s %8s %6s %8s %6s %8s %12s\n", "batch", "ctx", "hd", "gqa", "scheme",
-              "time_us", "MB_read", "GB/s", "%peak", "vs_fp16", "split", "call_us", "sustained_us");
+  std::printf("\n%5s %7s %3s %3s  %-7s %10s %9s %8s %6s %8s %6s %8s %12s %8s %6s\n", "batch", "ctx", "hd", "gqa",
+              "scheme", "time_us", "MB_read", "GB/s", "%peak", "vs_fp16", "split", "call_us", "sustained_us", "read_us",
+              "%peak");
   for (int hd : hds) {
     const DeviceRotations rot(signs_for(hd), kKvHeads, hd);
     for (int gqa : gqas) {
@@ -336,6 +341,14 @@ int main(int argc, char** argv) try {
             Row r{batch, ctx, hd, gqa, name};
             r.us = time_us(run, reps, true);
             r.call_us = time_us(run, reps, false);
+            // The floor: a kernel that only reads the call's bytes (every
+            // position is valid, so the call reads the whole buffers).
+            r.read_us = time_us(
+                [&](int i) {
+                  const DeviceBuffer &k = c.k[size_t(i) % c.k.size()], &v = c.v[size_t(i) % c.v.size()];
+                  read_bytes(k.data(), k.bytes(), v.data(), v.bytes(), stream, sink.as<uint32_t>());
+                },
+                reps, true);
             // Before the graph replays below: the card's clocks drop under their continuous load.
             std::string timeline_lines;
             if (timeline) {
@@ -375,12 +388,13 @@ int main(int argc, char** argv) try {
             r.bytes = bytes;
             r.gbs = bytes / (r.us * 1e-6) / 1e9;
             r.frac_peak = r.gbs / peak;
+            r.read_frac_peak = double(c.k[0].bytes() + c.v[0].bytes()) / (r.read_us * 1e-6) / 1e9 / peak;
             if (name == "fp16") fp16_us = r.us;
             r.speedup = fp16_us > 0 ? fp16_us / r.us : 0;
             r.split = forced_split > 0 ? forced_split : attn.planned_split(batch, ctx);
-            std::printf("%5d %7d %3d %3d  %-7s %10.1f %9.1f %8.0f %5.1f%% %7.2fx %6d %8.1f %12.1f\n", batch, ctx, hd,
-                        gqa, name.c_str(), r.us, bytes / 1e6, r.gbs, 100 * r.frac_peak, r.speedup, r.split, r.call_us,
-                        r.sustained_us);
+            std::printf("%5d %7d %3d %3d  %-7s %10.1f %9.1f %8.0f %5.1f%% %7.2fx %6d %8.1f %12.1f %8.1f %5.1f%%\n",
+                        batch, ctx, hd, gqa, name.c_str(), r.us, bytes / 1e6, r.gbs, 100 * r.frac_peak, r.speedup,
+                        r.split, r.call_us, r.sustained_us, r.read_us, 100 * r.read_frac_peak);
             std::printf("%s", timeline_lines.c_str());
             std::fflush(stdout);
             rows.push_back(r);
@@ -536,7 +550,8 @@ int main(int argc, char** argv) try {
         << ", \"kv_heads\": " << kKvHeads << ", \"scheme\": \"" << r.scheme << "\", \"time_us\": " << r.us << ", \"call_us\": " << r.call_us
         << ", \"sustained_us\": " << r.sustained_us
         << ", \"bytes\": " << r.bytes << ", \"gbs\": " << r.gbs << ", \"frac_peak\": " << r.frac_peak
-        << ", \"speedup_vs_fp16\": " << r.speedup << ", \"split\": " << r.split << "}"
+        << ", \"speedup_vs_fp16\": " << r.speedup << ", \"split\": " << r.split << ", \"read_us\": " << r.read_us
+        << ", \"read_frac_peak\": " << r.read_frac_peak << "}"
         << (i + 1 < rows.size() ? "," : "") << "\n";
     }
     f << "  ],\n  \"encode_prefix_tokens\": " << prefix << ",\n  \"encode\": [\n";

@@ -110,6 +110,15 @@ void fill_random(float* dst, size_t count, uint64_t seed, float scale);
 // (ns) as it returns (AttentionArgs::timeline's reference point).
 void hold_stream(void* stream, double microseconds, uint64_t* end_stamp = nullptr);
 
+// Enqueues on `stream` one kernel that reads the a_bytes at a and the
+// b_bytes at b once (16-byte loads, several in flight per thread, a grid
+// that fills the card) and does nothing else: what a plain read of the
+// same bytes takes, the floor a kernel over them can approach (the
+// benchmark's read_us). `sink` (device, 4 bytes) receives a value only
+// where the bytes fold to a rare word, so the loads cannot be dropped.
+// Buffers from cudaMalloc (16-byte aligned); any sizes.
+void read_bytes(const void* a, size_t a_bytes, const void* b, size_t b_bytes, void* stream, uint32_t* sink);
+
 // ---- streams --------------------------------------------------------------------
 
 // How one stream (keys or values) is stored on the device.

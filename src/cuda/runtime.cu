@@ -106,7 +106,44 @@ __global__ void hold_kernel(uint64_t ns, uint64_t* end_stamp) {
   if (end_stamp != nullptr) *end_stamp = t;
 }
 
+// Folds n bytes at p into x, 16-byte loads, kUnroll of them in flight per
+// thread; the tail past the last whole 16 bytes byte by byte.
+constexpr int kReadUnroll = 4;
+__device__ __forceinline__ uint32_t fold_bytes(const uint8_t* p, size_t n, uint32_t x) {
+  const uint4* v = reinterpret_cast<const uint4*>(p);
+  const size_t n16 = n / 16, stride = size_t(gridDim.x) * blockDim.x;
+  size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  for (; i + (kReadUnroll - 1) * stride < n16; i += kReadUnroll * stride) {
+    uint4 w[kReadUnroll];
+#pragma unroll
+    for (int u = 0; u < kReadUnroll; ++u) w[u] = __ldcs(v + i + u * stride);
+#pragma unroll
+    for (int u = 0; u < kReadUnroll; ++u) x ^= w[u].x ^ w[u].y ^ w[u].z ^ w[u].w;
+  }
+  for (; i < n16; i += stride) {
+    const uint4 w = __ldcs(v + i);
+    x ^= w.x ^ w.y ^ w.z ^ w.w;
+  }
+  for (size_t j = 16 * n16 + size_t(blockIdx.x) * blockDim.x + threadIdx.x; j < n; j += stride) x ^= p[j];
+  return x;
+}
+
+__global__ void read_kernel(const uint8_t* a, size_t na, const uint8_t* b, size_t nb, uint32_t* sink) {
+  const uint32_t x = fold_bytes(b, nb, fold_bytes(a, na, 0u));
+  if (x == 0x9e3779b9u) *sink = x;
+}
+
 }  // namespace
+
+void read_bytes(const void* a, size_t a_bytes, const void* b, size_t b_bytes, void* stream, uint32_t* sink) {
+  int dev = 0, sms = 0;
+  TKV_CUDA(cudaGetDevice(&dev));
+  TKV_CUDA(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  constexpr int kThreads = 256, kBlocksPerSm = 8;  // 2048 threads: a full SM
+  read_kernel<<<unsigned(sms * kBlocksPerSm), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
+      static_cast<const uint8_t*>(a), a_bytes, static_cast<const uint8_t*>(b), b_bytes, sink);
+  TKV_CUDA_LAUNCH("read_kernel");
+}
 
 bool timeline_available() {
 #ifdef TURBOKV_CUDA_TIMELINE

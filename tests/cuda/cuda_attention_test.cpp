@@ -810,5 +810,31 @@ TEST(CudaAttentionStreams, TimelineWithoutTheBuildOptionIsRejected) {
   }
 }
 
+// read_bytes (the benchmark's floor) must load every whole 16 bytes of both
+// buffers: one word of the rare value, anywhere, reaches the sink, and
+// without it nothing does.
+TEST(CudaBenchHelpers, ReadBytesReadsBothBuffersToTheEnd) {
+  SKIP_WITHOUT_GPU();
+  constexpr uint32_t kRare = 0x9e3779b9u;
+  const size_t na = 3 * 1000 * 1000 + 7, nb = 1000 * 1000 + 13;  // not multiples of 16
+  DeviceBuffer a(na), b(nb), sink(sizeof(uint32_t));
+  auto sink_after = [&](DeviceBuffer* with_rare, size_t at) {
+    a.fill(0);
+    b.fill(0);
+    sink.fill(0);
+    if (with_rare != nullptr) with_rare->upload(&kRare, sizeof kRare, at);
+    read_bytes(a.data(), na, b.data(), nb, nullptr, sink.as<uint32_t>());
+    synchronize();
+    uint32_t v = 0;
+    sink.download(&v, sizeof v);
+    return v;
+  };
+  EXPECT_EQ(sink_after(nullptr, 0), 0u);
+  for (const auto& [buf, at] : {std::pair{&a, size_t(0)}, {&a, na / 16 * 16 - 16}, {&a, size_t(1234560)},
+                                {&b, size_t(0)}, {&b, nb / 16 * 16 - 4}}) {
+    EXPECT_EQ(sink_after(buf, at), kRare) << (buf == &a ? "a" : "b") << " at byte " << at;
+  }
+}
+
 }  // namespace
 }  // namespace turbokv::cuda
