@@ -20,9 +20,10 @@
 // (the GPU under continuous load, where the card's power limit can lower
 // its clocks). And read_us: a kernel that only reads the same bytes
 // (read_bytes), behind hold_stream like time_us: the floor a call over
-// them can approach on this card at this size. Caches smaller than 3x the L2 are replicated and rotated so
-// that repeated calls do not read from L2. The peak is 2 x memory clock x bus width from the
-// driver's attributes unless --peak-gbs gives it. Then it times encoding a
+// them can approach on this card at this size. Caches smaller than 3x the
+// L2 are replicated and rotated so that repeated calls do not read from
+// L2. The peak is 2 x memory clock x bus width from the driver's
+// attributes unless --peak-gbs gives it. Then it times encoding a
 // 32K-token prefix (keys and values of 8 kv heads: one layer). With
 // --tiers, each record scheme is also timed as its cache keeps a sequence:
 // one call per tier (far records, the near tier, the raw window; scheme.h)

@@ -106,8 +106,8 @@ __global__ void hold_kernel(uint64_t ns, uint64_t* end_stamp) {
   if (end_stamp != nullptr) *end_stamp = t;
 }
 
-// Folds n bytes at p into x, 16-byte loads, kUnroll of them in flight per
-// thread; the tail past the last whole 16 bytes byte by byte.
+// Folds n bytes at p into x: 16-byte loads, kReadUnroll of them in flight
+// per thread; the tail past the last whole 16 bytes byte by byte.
 constexpr int kReadUnroll = 4;
 __device__ __forceinline__ uint32_t fold_bytes(const uint8_t* p, size_t n, uint32_t x) {
   const uint4* v = reinterpret_cast<const uint4*>(p);
