@@ -272,20 +272,23 @@ int main(int argc, char** argv) try {
   DeviceBuffer sink(sizeof(uint32_t));  // read_bytes's
   cudaStream_t stream = nullptr;
   CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
-  // Median over n_reps of the time between events around work(i), which
-  // enqueues on `stream`; `hold`: behind hold_stream. Microseconds.
+  // The time between events around work(i), which enqueues on `stream`;
+  // `hold`: behind hold_stream, which writes its end time to hold_end
+  // where that is not null. Microseconds.
+  auto call_time_us = [&](auto&& work, int i, bool hold, uint64_t* hold_end = nullptr) {
+    if (hold) hold_stream(stream, hold_us, hold_end);
+    CHECK(cudaEventRecord(e0, stream));
+    work(i);
+    CHECK(cudaEventRecord(e1, stream));
+    CHECK(cudaEventSynchronize(e1));
+    float ms = 0;
+    CHECK(cudaEventElapsedTime(&ms, e0, e1));
+    return double(ms) * 1e3;
+  };
+  // Their median over n_reps calls.
   auto time_us = [&](auto&& work, int n_reps, bool hold) {
     std::vector<double> times;
-    for (int i = 0; i < n_reps; ++i) {
-      if (hold) hold_stream(stream, hold_us);
-      CHECK(cudaEventRecord(e0, stream));
-      work(i);
-      CHECK(cudaEventRecord(e1, stream));
-      CHECK(cudaEventSynchronize(e1));
-      float ms = 0;
-      CHECK(cudaEventElapsedTime(&ms, e0, e1));
-      times.push_back(double(ms) * 1e3);
-    }
+    for (int i = 0; i < n_reps; ++i) times.push_back(call_time_us(work, i, hold));
     return median(times);
   };
   std::vector<Row> rows;
@@ -340,6 +343,7 @@ int main(int argc, char** argv) try {
             for (int i = 0; i < 5; ++i) run(i);
             CHECK(cudaStreamSynchronize(stream));
             Row r{batch, ctx, hd, gqa, name};
+            r.split = forced_split > 0 ? forced_split : attn.planned_split(batch, ctx);
             r.us = time_us(run, reps, true);
             r.call_us = time_us(run, reps, false);
             // The floor: a kernel that only reads the call's bytes (every
@@ -353,27 +357,20 @@ int main(int argc, char** argv) try {
             // Before the graph replays below: the card's clocks drop under their continuous load.
             std::string timeline_lines;
             if (timeline) {
-              const int split = forced_split > 0 ? forced_split : attn.planned_split(batch, ctx);
-              const int n_split = (ctx + split - 1) / split;
+              const int n_split = (ctx + r.split - 1) / r.split;
               DeviceBuffer stamps(size_t(batch) * kKvHeads * n_split * kTimelineSlots * sizeof(uint64_t)),
                   hold_end(sizeof(uint64_t));
               for (int call = 1; call <= 3; ++call) {
                 stamps.fill(0);
                 CHECK(cudaDeviceSynchronize());
-                hold_stream(stream, hold_us, hold_end.as<uint64_t>());
-                CHECK(cudaEventRecord(e0, stream));
                 a.timeline = stamps.as<uint64_t>();
-                run(call);
+                const double us = call_time_us(run, call, true, hold_end.as<uint64_t>());
                 a.timeline = nullptr;
-                CHECK(cudaEventRecord(e1, stream));
-                CHECK(cudaEventSynchronize(e1));
-                float ms = 0;
-                CHECK(cudaEventElapsedTime(&ms, e0, e1));
                 std::vector<uint64_t> t(stamps.bytes() / sizeof(uint64_t));
                 uint64_t h = 0;
                 stamps.download(t.data(), stamps.bytes());
                 hold_end.download(&h, sizeof h);
-                timeline_lines += timeline_line(name, call, double(ms) * 1e3, h, t);
+                timeline_lines += timeline_line(name, call, us, h, t);
               }
             }
             cudaGraph_t graph = nullptr;
@@ -392,7 +389,6 @@ int main(int argc, char** argv) try {
             r.read_frac_peak = double(c.k[0].bytes() + c.v[0].bytes()) / (r.read_us * 1e-6) / 1e9 / peak;
             if (name == "fp16") fp16_us = r.us;
             r.speedup = fp16_us > 0 ? fp16_us / r.us : 0;
-            r.split = forced_split > 0 ? forced_split : attn.planned_split(batch, ctx);
             std::printf("%5d %7d %3d %3d  %-7s %10.1f %9.1f %8.0f %5.1f%% %7.2fx %6d %8.1f %12.1f %8.1f %5.1f%%\n",
                         batch, ctx, hd, gqa, name.c_str(), r.us, bytes / 1e6, r.gbs, 100 * r.frac_peak, r.speedup,
                         r.split, r.call_us, r.sustained_us, r.read_us, 100 * r.read_frac_peak);

@@ -811,8 +811,9 @@ TEST(CudaAttentionStreams, TimelineWithoutTheBuildOptionIsRejected) {
 }
 
 // read_bytes (the benchmark's floor) must load every whole 16 bytes of both
-// buffers: one word of the rare value, anywhere, reaches the sink, and
-// without it nothing does.
+// buffers: one word of the rare value at the start or end of either buffer,
+// or in the middle of the first, reaches the sink, and without it nothing
+// does.
 TEST(CudaBenchHelpers, ReadBytesReadsBothBuffersToTheEnd) {
   SKIP_WITHOUT_GPU();
   constexpr uint32_t kRare = 0x9e3779b9u;
